@@ -1,0 +1,47 @@
+"""How much training a candidate gets on the proxy task, and how."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class ProxyBudget:
+    """Everything `nas.trial.evaluate` needs besides the spec and the cost target.
+
+    `epochs` may be fractional; `steps`, when set, overrides it. Cost is always counted
+    at `target_resolution`, training happens at `resolution` (the proxy resolution).
+    """
+
+    dataset: str = "mnist5k"          # built-in default, offline
+    data_dir: str | None = None
+    download: bool = False
+    resolution: int = 32              # proxy resolution
+    target_resolution: int = 224      # resolution at which MACs are counted
+    epochs: float = 1.0
+    steps: int | None = None
+    batch_size: int = 128
+    optimizer: str = "sgd"            # sgd | rmsprop
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    schedule: str = "cosine"          # cosine | linear
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.1
+    val_fraction: float = 0.2
+    seed: int = 0
+    device: str = "cpu"               # cpu | cuda | cuda:N | auto
+    time_limit: float | None = None   # seconds per trial
+    num_classes: int | None = None    # filled from the dataset when None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ProxyBudget":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown budget field {unknown[0]!r}")
+        return cls(**data)
