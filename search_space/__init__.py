@@ -5,5 +5,6 @@ Imports no training code: specs, the space, the analytic cost model and the buil
 from .decisions import Decision
 from .errors import SpecError
 from .spec import ArchSpec, BlockSpec
+from .space import SearchSpace
 
-__all__ = ["ArchSpec", "BlockSpec", "Decision", "SpecError"]
+__all__ = ["ArchSpec", "BlockSpec", "Decision", "SearchSpace", "SpecError"]

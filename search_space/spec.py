@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,13 @@ class BlockSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise SpecError(f"{name}: must be a positive integer, got {value!r}")
+        for name in ("expand_ratio", "se_ratio"):
+            if not _is_real(getattr(self, name)):
+                raise SpecError(f"{name}: must be a number, got {getattr(self, name)!r}")
+        if not isinstance(self.skip, bool):
+            if isinstance(self.skip, str) or self.skip not in (0, 1):
+                raise SpecError(f"skip: must be true or false, got {self.skip!r}")
+            object.__setattr__(self, "skip", bool(self.skip))
         if not self.expand_ratio or self.expand_ratio < 1:
             raise SpecError(f"expand_ratio: must be >= 1, got {self.expand_ratio!r}")
         if self.se_ratio < 0 or self.se_ratio > 1:
@@ -65,14 +73,18 @@ class BlockSpec:
     def canonical(self) -> "BlockSpec":
         """The same network with equivalent encodings folded together.
 
-        `dsconv` is MBConv with expansion 1; a plain conv ignores expansion and SE.
+        `dsconv` is MBConv with expansion 1; a plain conv ignores expansion and SE;
+        `skip` means nothing in a single layer that strides or changes width.
         Two specs that build identical modules have identical canonical forms.
         """
-        if self.conv_op == "dsconv" or (self.conv_op == "mbconv" and self.expand_ratio == 1):
-            return dataclasses.replace(self, conv_op="dsconv", expand_ratio=1)
-        if self.conv_op == "conv":
-            return dataclasses.replace(self, expand_ratio=1, se_ratio=0.0)
-        return self
+        block = self
+        if block.repeats == 1 and not (block.stride == 1 and block.in_channels == block.out_channels):
+            block = dataclasses.replace(block, skip=True)  # no layer can have a residual
+        if block.conv_op == "dsconv" or (block.conv_op == "mbconv" and block.expand_ratio == 1):
+            return dataclasses.replace(block, conv_op="dsconv", expand_ratio=1)
+        if block.conv_op == "conv":
+            return dataclasses.replace(block, expand_ratio=1, se_ratio=0.0)
+        return block
 
     def layers(self) -> list["BlockSpec"]:
         """The `repeats` layers of this block, each as a one-repeat BlockSpec."""
@@ -192,6 +204,9 @@ class ArchSpec:
                 raise SpecError(f"{name}: must be a positive integer, got {value!r}")
         if self.activation not in ACTIVATIONS:
             raise SpecError(f"activation: unknown {self.activation!r} (expected one of {', '.join(ACTIVATIONS)})")
+        for name in ("dropout", "drop_connect"):
+            if not _is_real(getattr(self, name)):
+                raise SpecError(f"{name}: must be a number, got {getattr(self, name)!r}")
         if not 0 <= self.dropout < 1 or not 0 <= self.drop_connect < 1:
             raise SpecError("dropout and drop_connect must lie in [0, 1)")
         expected_in = self.stem_channels
@@ -251,7 +266,10 @@ class ArchSpec:
         parsed = []
         for i, b in enumerate(blocks):
             if isinstance(b, str):
-                parsed.append(BlockSpec.from_tf_string(b))
+                try:
+                    parsed.append(BlockSpec.from_tf_string(b))
+                except SpecError as exc:
+                    raise SpecError(f"blocks[{i}]: {exc}") from None
             elif isinstance(b, dict):
                 bad = sorted(set(b) - block_fields)
                 if bad:
@@ -260,6 +278,8 @@ class ArchSpec:
                     parsed.append(BlockSpec(**b))
                 except TypeError as exc:
                     raise SpecError(f"blocks[{i}]: {exc}") from None
+                except SpecError as exc:
+                    raise SpecError(f"blocks[{i}].{exc}") from None
             else:
                 raise SpecError(f"blocks[{i}]: expected a mapping or a block string")
         return cls(blocks=tuple(parsed), **data)
@@ -330,6 +350,11 @@ class ArchSpec:
                 blocks.append(block)
                 channels = block.out_channels
         return cls(blocks=tuple(blocks), stem_channels=stem_channels, **kwargs)
+
+
+def _is_real(x: Any) -> bool:
+    """A real number, not a bool or a string (YAML may hand over either)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def _num(x: float) -> str:

@@ -1,0 +1,346 @@
+"""`python -m scaling`: derive a family from a baseline, or run the α/β/γ grid search.
+
+    python -m scaling derive efficientnet-b0 --coefficients published --out runs/family
+    python -m scaling derive runs/search/best.yaml --alpha 1.2 --beta 1.1 --gamma 1.15 --phis 1-7 --json
+    python -m scaling grid efficientnet-b0 --step 0.1 --proxy-epochs 1 --out runs/grid
+
+`grid` needs the training code: it imports `nas` lazily inside `run_grid`, at this
+composition root only (a deliberate boundary crossing; `scaling.compound`/`grid` stay
+free of training code). Bad input: one line `scaling: error: ...`, exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from search_space.errors import SpecError
+from search_space.spec import ArchSpec
+
+from .compound import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, check_coefficients, parse_phis
+from .errors import ScalingError
+from .family import FAMILY_COLUMNS, derive_to_dir, family_markdown, family_members
+from .grid import GridResult, grid_candidates, grid_markdown, grid_search, save_grid_table
+from .tables import write_atomic
+
+PROG = "scaling"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2 (no usage dump)."""
+
+    def error(self, message: str):  # noqa: D401
+        raise ScalingError(message)
+
+
+def load_baseline(text: str) -> ArchSpec:
+    """A zoo name (`efficientnet-b0`) or a YAML/JSON spec file (such as a search's best.yaml)."""
+    from search_space import zoo
+    if zoo.has(text):
+        return zoo.get(text)
+    path = Path(text)
+    if not path.exists():
+        raise ScalingError(f"baseline {text!r}: neither a zoo name ({', '.join(zoo.names())}) nor an existing file")
+    if path.is_dir():
+        raise ScalingError(f"baseline {text!r}: is a folder, expected a spec file")
+    try:
+        return ArchSpec.load(path)
+    except SpecError as exc:
+        raise ScalingError(f"baseline does not parse: {exc}") from None
+
+
+def _range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI such as 1,2, got {text!r}") from None
+    return lo, hi
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Compound scaling (EfficientNet): derive B1..B7 or grid-search α, β, γ.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("derive", help="scale a baseline into a family")
+    d.add_argument("spec", metavar="SPEC", help="zoo name or spec YAML (e.g. a search's best.yaml)")
+    d.add_argument("--coefficients", choices=("published", "paper"), default=None,
+                   help="published: the B1..B7 table as given (default when no --alpha/--beta/--gamma); "
+                        "paper: the formula with α=1.2, β=1.1, γ=1.15")
+    d.add_argument("--alpha", type=float, help="depth coefficient α (d = α^φ)")
+    d.add_argument("--beta", type=float, help="width coefficient β (w = β^φ)")
+    d.add_argument("--gamma", type=float, help="resolution coefficient γ (r = γ^φ)")
+    d.add_argument("--phis", default="1-7", help="φ values: 1-7, 1,2,5, 0.5-3, 0-2:0.5 (default 1-7)")
+    d.add_argument("--out", help="write b<φ>.yaml, family.md, family.csv, family.png here")
+    d.add_argument("--no-plot", action="store_true", help="skip family.png")
+    d.add_argument("--json", action="store_true", help="print one JSON list of the rows instead of the table")
+
+    g = sub.add_parser("grid", help="grid-search α, β, γ at φ = 1 by proxy training")
+    g.add_argument("spec", metavar="SPEC", help="zoo name or spec YAML")
+    g.add_argument("--out", required=True, help="folder for grid.jsonl (resume), grid.md, grid.csv, best.json")
+    g.add_argument("--step", type=float, default=0.05, help="grid step (default 0.05)")
+    g.add_argument("--tol", type=float, default=0.1, help="keep |α·β²·γ² − 2| <= tol (default 0.1)")
+    g.add_argument("--alpha-range", type=_range, default=(1.0, 2.0), help="LO,HI (default 1,2)")
+    g.add_argument("--beta-range", type=_range, default=(1.0, 1.5), help="LO,HI (default 1,1.5)")
+    g.add_argument("--gamma-range", type=_range, default=(1.0, 1.5), help="LO,HI (default 1,1.5)")
+    g.add_argument("--max-candidates", type=int, default=None,
+                   help="evaluate only the N points closest to α·β²·γ² = 2")
+    g.add_argument("--proxy-epochs", type=float, default=1.0, help="training epochs per candidate (default 1)")
+    g.add_argument("--proxy-steps", type=int, default=None, help="training steps per candidate (overrides epochs)")
+    g.add_argument("--proxy-resolution", type=int, default=32,
+                   help="proxy resolution of the baseline; a candidate trains at it times its γ (default 32)")
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--dataset", default="mnist5k", help="proxy dataset (default mnist5k, built in)")
+    g.add_argument("--data-dir", default=None)
+    g.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--workers", type=int, default=1,
+                   help="parallel trials in worker processes (default 1: one after another, in this process)")
+    g.add_argument("--target-flops", default=None,
+                   help="reward target in multiply-adds (default: twice the baseline's at its resolution)")
+    g.add_argument("--json", action="store_true", help="print one JSON object (rows and best) instead of the table")
+    return p
+
+
+# -- derive ---------------------------------------------------------------------------
+def _derive_args(args) -> dict:
+    given = [x is not None for x in (args.alpha, args.beta, args.gamma)]
+    if any(given):
+        if not all(given):
+            raise ScalingError("give all three of --alpha, --beta, --gamma (or --coefficients)")
+        if args.coefficients:
+            raise ScalingError("--coefficients and --alpha/--beta/--gamma exclude each other")
+        check_coefficients(args.alpha, args.beta, args.gamma)
+        return {"alpha": args.alpha, "beta": args.beta, "gamma": args.gamma, "coefficients": None}
+    return {"alpha": PAPER_ALPHA, "beta": PAPER_BETA, "gamma": PAPER_GAMMA,
+            "coefficients": args.coefficients or "published"}
+
+
+def cmd_derive(args) -> int:
+    b0 = load_baseline(args.spec)
+    coeffs = _derive_args(args)
+    phis = parse_phis(args.phis)
+    if args.out:
+        rows = derive_to_dir(b0, args.out, phis=phis, plot=not args.no_plot, **coeffs)
+    else:
+        from .compound import family_rows
+        rows = family_rows(family_members(b0, phis=phis, **coeffs))
+    if args.json:
+        print(json.dumps([{c: r[c] for c in FAMILY_COLUMNS} for r in rows]))
+    else:
+        print(family_markdown(rows), end="")
+        if args.out:
+            print(f"wrote {len(rows)} specs, family.md, family.csv" + ("" if args.no_plot else ", family.png")
+                  + f" to {args.out}")
+    return 0
+
+
+# -- grid -----------------------------------------------------------------------------
+def _fingerprint(budget_dict: dict, target: int) -> str:
+    return hashlib.sha1(json.dumps([budget_dict, target], sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _read_journal(path: Path, fingerprint: str) -> dict[tuple[str, int], dict]:
+    """Finished candidates from grid.jsonl with the same budget; a torn last line is ignored."""
+    done: dict[tuple[str, int], dict] = {}
+    if not path.exists():
+        return done
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            if rec.get("budget") == fingerprint:
+                done[(rec["key"], int(rec["resolution"]))] = rec["result"]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return done
+
+
+def journaled_evaluate(journal: Path, fingerprint: str, evaluate_many: Callable[[list[ArchSpec]], list],
+                       result_from_dict: Callable[[dict], object], log: Callable[[str], None] = lambda s: None
+                       ) -> Callable[[list[ArchSpec]], list]:
+    """Wrap a batch evaluate so finished specs are read from `journal` and new ones appended, one line each."""
+
+    def evaluate(specs: list[ArchSpec]) -> list:
+        done = _read_journal(journal, fingerprint)
+        todo = [s for s in specs if (s.key(), s.resolution) not in done]
+        if len(todo) < len(specs):
+            log(f"resuming: {len(specs) - len(todo)} of {len(specs)} candidates already in {journal}")
+
+        def record(spec: ArchSpec, result) -> None:
+            rec = {"budget": fingerprint, "key": spec.key(), "resolution": spec.resolution, "name": spec.name,
+                   "result": result.to_dict()}
+            with open(journal, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+                fh.flush()
+            done[(spec.key(), spec.resolution)] = result.to_dict()
+
+        for spec, result in zip(todo, evaluate_many(todo, record)):
+            if (spec.key(), spec.resolution) not in done:
+                record(spec, result)
+        return [result_from_dict(done[(s.key(), s.resolution)]) for s in specs]
+
+    return evaluate
+
+
+DEFAULT_EVALUATOR = "scaling.__main__:evaluate_scaled"
+
+
+def evaluate_scaled(spec: ArchSpec, budget, target: int, alpha: float = -0.07, beta: float = -0.07):
+    """`nas.trial.evaluate` with the proxy resolution scaled like the candidate's resolution.
+
+    `budget.resolution` is the baseline's proxy resolution and `budget.target_resolution`
+    the baseline's resolution; a candidate at γ times that trains at γ times the proxy
+    resolution (so γ changes what is learned, not only what is counted) and is costed
+    at its own resolution. The engines load this as the evaluator `scaling.__main__:evaluate_scaled`.
+    """
+    import dataclasses
+
+    from nas.trial import evaluate  # composition root: the only place scaling touches training
+
+    proxy = max(1, int(round(budget.resolution * spec.resolution / budget.target_resolution)))
+    scaled = dataclasses.replace(budget, resolution=proxy, target_resolution=spec.resolution)
+    return evaluate(spec, scaled, target, alpha, beta)
+
+
+def engine_evaluate(budget, target: int, workers: int = 1, evaluator: str = DEFAULT_EVALUATOR,
+                    trial_timeout: float | None = None, log: Callable[[str], None] = lambda s: None):
+    """A batch evaluate (specs, record) -> results on the local engine (`nas.engine_local`).
+
+    workers == 1 evaluates in this process, one after another; more use worker
+    processes. `record(spec, result)` is called as each trial finishes, so an
+    interrupted grid keeps what it finished.
+    """
+
+    def evaluate_many(specs: list[ArchSpec], record: Callable) -> list:
+        import shutil
+        import tempfile
+
+        from nas.engine import BatchSource, EvalContext
+        from nas.engine_local import LocalEngine, device_slots
+        from nas.result import TrialResult
+        from nas.store import Store
+
+        if not specs:
+            return []
+        scratch = Path(tempfile.mkdtemp(prefix="scaling-grid-"))
+        store = Store.create(scratch, {"kind": "scaling-grid"})
+        results: dict[int, TrialResult] = {}
+
+        def listener(rec: dict) -> None:
+            i = rec["proposal_id"]
+            results[i] = TrialResult(status=rec["status"], accuracy=rec["accuracy"], macs=rec["macs"],
+                                     params=rec["params"], reward=rec["reward"], message=rec["message"] or "",
+                                     epoch_accuracies=rec["epoch_accuracies"] or [], wall_time=rec["wall_time"] or 0.0)
+            record(specs[i], results[i])
+            acc = results[i].accuracy
+            log(f"[{len(results)}/{len(specs)}] {specs[i].name}: {rec['status']}"
+                + (f" accuracy {acc:.4f}" if acc is not None else ""))
+
+        try:
+            source = BatchSource(store, specs, kind="grid", target=target, listeners=[listener])
+            ctx = EvalContext(budget=budget, target=target, evaluator=evaluator)
+            slots = device_slots(budget.device, workers) if workers > 1 else [budget.device]
+            LocalEngine(slots=slots, trial_timeout=trial_timeout, in_process=workers == 1).run(source, ctx)
+        finally:
+            store.close()
+            shutil.rmtree(scratch, ignore_errors=True)
+        return [results.get(i) or TrialResult(status="failed", message="not evaluated") for i in range(len(specs))]
+
+    return evaluate_many
+
+
+def run_grid(b0: ArchSpec, out_dir: str | Path, budget, target: int | None = None, step: float = 0.05,
+             tol: float = 0.1, alpha_range=(1.0, 2.0), beta_range=(1.0, 1.5), gamma_range=(1.0, 1.5),
+             workers: int = 1, max_candidates: int | None = None, evaluator: str = DEFAULT_EVALUATOR,
+             log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> GridResult:
+    """The grid search on the local engine, resumable through `out_dir/grid.jsonl`.
+
+    `budget` is a `nas.budget.ProxyBudget` for the baseline (its `resolution` the proxy
+    resolution; `target_resolution` is set to b0's); see `evaluate_scaled`. Candidates
+    finished under the same budget and target are read back from grid.jsonl, not retrained.
+    Writes grid.md, grid.csv and best.json (the winner with its spec) to `out_dir`.
+    """
+    import dataclasses
+
+    from nas.result import TrialResult
+    from search_space import cost
+
+    candidates = grid_candidates(step, alpha_range, beta_range, gamma_range, tol)
+    if max_candidates is not None:
+        if max_candidates < 1:
+            raise ScalingError(f"--max-candidates must be >= 1, got {max_candidates}")
+        candidates = candidates[:max_candidates]
+    if workers < 1:
+        raise ScalingError(f"--workers must be >= 1, got {workers}")
+    if target is None:
+        target = 2 * cost.macs(b0, b0.resolution)
+    budget = dataclasses.replace(budget, target_resolution=b0.resolution)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ScalingError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ScalingError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+
+    fingerprint = _fingerprint({**budget.to_dict(), "evaluator": evaluator}, int(target))
+    evaluate = journaled_evaluate(out / "grid.jsonl", fingerprint,
+                                  engine_evaluate(budget, int(target), workers, evaluator, log=log),
+                                  TrialResult.from_dict, log)
+    result = grid_search(b0, evaluate, candidates)
+    save_grid_table(result.rows, out)
+    best = None
+    if result.best is not None:
+        best = {k: v for k, v in result.best.items() if k != "spec"}
+        best["spec"] = result.best["spec"].to_dict()
+    write_atomic(out / "best.json", json.dumps(best, indent=2) + "\n")
+    return result
+
+
+def cmd_grid(args) -> int:
+    b0 = load_baseline(args.spec)
+    from nas.budget import ProxyBudget
+    from nas.reward import parse_count
+    if args.proxy_resolution < 1:
+        raise ScalingError(f"--proxy-resolution must be >= 1, got {args.proxy_resolution}")
+    target = parse_count(args.target_flops, "--target-flops") if args.target_flops is not None else None
+    budget = ProxyBudget(dataset=args.dataset, data_dir=args.data_dir, resolution=args.proxy_resolution,
+                         target_resolution=b0.resolution, epochs=args.proxy_epochs, steps=args.proxy_steps,
+                         batch_size=args.batch_size, device=args.device, seed=args.seed)
+    result = run_grid(b0, args.out, budget, target, args.step, args.tol, args.alpha_range, args.beta_range,
+                      args.gamma_range, args.workers, args.max_candidates)
+    rows = [{k: v for k, v in r.items() if k != "spec"} for r in result.rows]
+    best = None if result.best is None else {k: v for k, v in result.best.items() if k != "spec"}
+    if args.json:
+        print(json.dumps({"rows": rows, "best": best}))
+    else:
+        print(grid_markdown(rows), end="")
+        if best is None:
+            print("no candidate trained successfully; see grid.jsonl")
+        else:
+            print(f"best: alpha={best['alpha']:g} beta={best['beta']:g} gamma={best['gamma']:g} "
+                  f"accuracy={best['accuracy']:.4f} (tables in {args.out})")
+    return 0 if best is not None else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return cmd_derive(args) if args.command == "derive" else cmd_grid(args)
+    except (ScalingError, SpecError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001
+        if type(exc).__name__ == "UserError":  # nas.errors.UserError, without importing nas here
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""`python -m scaling`: derive writes a family, grid trains candidates resumably; bad input is one line, exit 2."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from nas.result import TrialResult
+from scaling import __main__ as cli
+from search_space import cost, zoo
+from search_space.spec import ArchSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+B7_PARAMS = 66_347_960      # torchvision efficientnet_b7 num_params (see tests/test_scaling.py)
+
+
+def run(capsys, *argv):
+    rc = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc, out, err, *words):
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scaling: error: "), err
+    for w in words:
+        assert w in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+# -- derive ---------------------------------------------------------------------------
+def test_derive_published_writes_the_family(tmp_path, capsys):
+    out_dir = tmp_path / "fam"
+    rc, out, err = run(capsys, "derive", "efficientnet-b0", "--out", str(out_dir))
+    assert rc == 0, err
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert names == [f"b{k}.yaml" for k in range(8)] + ["family.csv", "family.md", "family.png"]
+    b7 = ArchSpec.load(out_dir / "b7.yaml")
+    assert cost.params(b7) == B7_PARAMS and b7.resolution == 600 and b7.name == "efficientnet-b7"
+    rows = list(csv.DictReader((out_dir / "family.csv").open()))
+    assert [r["name"] for r in rows] == [f"efficientnet-b{k}" for k in range(8)]
+    assert int(rows[7]["params"]) == B7_PARAMS and int(rows[7]["macs"]) == cost.macs(b7, 600)
+    assert (out_dir / "family.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out_dir / "family.md").read_text()
+    assert "multiply-adds" in md and "66,347,960" in md
+    assert "66,347,960" in out                   # the table is printed too
+
+
+def test_derive_json_formula_from_a_yaml_baseline(tmp_path, capsys):
+    base = zoo.get("efficientnet-b0")
+    path = tmp_path / "best.yaml"
+    base.save(path)
+    rc, out, err = run(capsys, "derive", str(path), "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15",
+                       "--phis", "1,2.5", "--json")
+    assert rc == 0, err
+    rows = json.loads(out)
+    assert [r["phi"] for r in rows] == [0, 1, 2.5]
+    assert rows[1]["resolution"] == 256 and rows[2]["resolution"] == round(224 * 1.15 ** 2.5 / 4) * 4
+    assert rows[1]["width"] == 1.1 and rows[1]["depth"] == 1.2
+    assert rows[0]["params"] == cost.params(base)
+    assert set(rows[0]) == {"name", "phi", "width", "depth", "resolution", "params", "macs"}
+
+
+def test_derive_without_out_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run(capsys, "derive", "efficientnet-b0", "--phis", "1-2", "--coefficients", "paper")
+    assert rc == 0 and list(tmp_path.iterdir()) == []
+    assert out.count("\n") == 5                   # header, rule, b0, b1, b2
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["derive", "no-such-net"], ["no-such-net", "zoo name"]),
+    (["derive", "efficientnet-b0", "--phis", "5-1"], ["empty"]),
+    (["derive", "efficientnet-b0", "--phis=-1-3"], ["negative"]),
+    (["derive", "efficientnet-b0", "--alpha", "0.9", "--beta", "1.1", "--gamma", "1.15"], ["alpha", ">= 1"]),
+    (["derive", "efficientnet-b0", "--alpha", "1.2"], ["--beta"]),
+    (["derive", "efficientnet-b0", "--phis", "1.5"], ["0..7"]),
+    (["derive", "efficientnet-b0", "--alpha", "x"], ["--alpha"]),
+    (["frobnicate"], ["frobnicate"]),
+    (["grid", "efficientnet-b0", "--out", "OUT", "--alpha-range", "1,1.1", "--beta-range", "1,1.1",
+      "--gamma-range", "1,1.1"], ["keeps no point"]),
+    (["grid", "efficientnet-b0", "--out", "OUT", "--tol", "-1"], ["tolerance"]),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, words):
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    assert_one_line_error(*run(capsys, *argv), *words)
+    assert not (tmp_path / "out").exists()
+
+
+def test_baseline_that_does_not_parse(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("blocks: [r1_k3_s11_e1_i32_o16, {oops\n")
+    assert_one_line_error(*run(capsys, "derive", str(bad)), "does not parse", "bad.yaml")
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("blocks: [r1_k4_s11_e1_i32_o16]\n")
+    assert_one_line_error(*run(capsys, "derive", str(wrong)), "kernel")
+
+
+def test_unwritable_out_leaves_nothing(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_one_line_error(*run(capsys, "derive", "efficientnet-b0", "--out", str(blocker / "fam")), "--out")
+    assert_one_line_error(*run(capsys, "derive", "efficientnet-b0", "--out", str(blocker)), "not a folder")
+    assert blocker.read_text() == "x"
+
+
+def test_failure_while_writing_leaves_no_half_family(tmp_path, capsys, monkeypatch):
+    import scaling.plot
+
+    def broken(rows, path, title=""):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(scaling.plot, "plot_family", broken)
+    out_dir = tmp_path / "fam"
+    assert_one_line_error(*run(capsys, "derive", "efficientnet-b0", "--out", str(out_dir)), "No space left")
+    assert not out_dir.exists()
+    existing = tmp_path / "old"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("k")
+    assert_one_line_error(*run(capsys, "derive", "efficientnet-b0", "--out", str(existing)), "No space left")
+    assert sorted(p.name for p in existing.iterdir()) == ["keep.txt"]
+
+
+def test_python_dash_m_exit_status_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "scaling", "derive", "efficientnet-b0", "--phis", "9-3"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == ["scaling: error: φ range '9-3' is empty (end below start)"]
+
+
+# -- grid -------------------------------------------------------------------------------
+@pytest.fixture()
+def fake_trial(monkeypatch):
+    """Stand-in for nas.trial: accuracy from depth, width and the *proxy* resolution it was given."""
+    calls = []
+
+    def evaluate(spec, budget, target, alpha=-0.07, beta=-0.07):
+        calls.append((spec.name, budget.resolution, budget.target_resolution, target))
+        acc = spec.num_layers / 100 + budget.resolution / 1000 - spec.stem_channels / 2000
+        return TrialResult(status="ok", accuracy=acc, macs=cost.macs(spec, spec.resolution))
+
+    monkeypatch.setitem(sys.modules, "nas.trial", types.SimpleNamespace(evaluate=evaluate))
+    return calls
+
+
+def test_grid_cli_trains_picks_best_and_resumes(tmp_path, capsys, fake_trial):
+    out_dir = tmp_path / "grid"
+    argv = ["grid", "efficientnet-b0", "--out", str(out_dir), "--step", "0.1", "--tol", "0.15",
+            "--max-candidates", "5", "--proxy-resolution", "32", "--json"]
+    rc, out, err = run(capsys, *argv)
+    assert rc == 0, err
+    report = json.loads(out)
+    rows, best = report["rows"], report["best"]
+    assert len(rows) == 5 and len(fake_trial) <= 5
+    assert best["accuracy"] == max(r["accuracy"] for r in rows)
+    b0_macs = cost.macs(zoo.get("efficientnet-b0"), 224)
+    for name, proxy, target_res, target in fake_trial:
+        row = next(r for r in rows if name.endswith(f"-a{r['alpha']:g}-b{r['beta']:g}-g{r['gamma']:g}"))
+        assert target_res == row["resolution"]
+        assert proxy == round(32 * row["resolution"] / 224)   # γ reaches the proxy resolution
+        assert target == 2 * b0_macs
+    assert {p.name for p in out_dir.iterdir()} >= {"grid.jsonl", "grid.md", "grid.csv", "best.json"}
+    assert json.loads((out_dir / "best.json").read_text())["alpha"] == best["alpha"]
+    assert len((out_dir / "grid.jsonl").read_text().splitlines()) == len(fake_trial)
+
+    trained = len(fake_trial)
+    rc, out2, _ = run(capsys, *argv)             # resume: nothing is trained again
+    assert rc == 0 and len(fake_trial) == trained and json.loads(out2) == report
+
+    rc, _, _ = run(capsys, *argv[:-1], "--proxy-epochs", "2")   # a different budget is not reused
+    assert rc == 0 and len(fake_trial) == 2 * trained
+
+
+def test_grid_cli_reports_when_nothing_trained(tmp_path, capsys, monkeypatch):
+    def evaluate(spec, budget, target, alpha=-0.07, beta=-0.07):
+        raise RuntimeError("CUDA error: boom")
+
+    monkeypatch.setitem(sys.modules, "nas.trial", types.SimpleNamespace(evaluate=evaluate))
+    rc, out, err = run(capsys, "grid", "efficientnet-b0", "--out", str(tmp_path / "g"), "--max-candidates", "2")
+    assert rc == 1 and "no candidate trained successfully" in out
+    assert (tmp_path / "g" / "grid.csv").read_text().count("failed") == 2
