@@ -8,6 +8,8 @@ to continue exactly as if never stopped (RNG state, history, proposals not yet t
 """
 from __future__ import annotations
 
+import itertools
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -58,3 +60,105 @@ class Controller(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from `state_dict()`; later asks equal those of the uninterrupted run."""
+
+
+# --- shared plumbing (additive): pending-proposal bookkeeping and de-duplication ---
+
+
+class SpaceExhausted(StopIteration):
+    """No architecture is left that has not been proposed already (a StopIteration)."""
+
+
+class Ledger:
+    """Ids and proposals asked but not yet told, so tells may come in any order.
+
+    `issue` hands out the next id; `settle` checks that a told proposal is pending
+    (unknown or already-told ones raise ValueError) and returns its stored extra.
+    """
+
+    def __init__(self) -> None:
+        self.next_id = 0
+        self.pending: dict[int, tuple[tuple[int, ...], Any]] = {}
+
+    def issue(self, choices: Sequence[int], extra: Any = None) -> Proposal:
+        proposal = Proposal(self.next_id, tuple(int(c) for c in choices))
+        self.pending[proposal.id] = (proposal.choices, extra)
+        self.next_id += 1
+        return proposal
+
+    def check(self, proposal: Proposal) -> Any:
+        """The stored extra of a pending proposal; ValueError for unknown/told ones."""
+        entry = self.pending.get(getattr(proposal, "id", None))
+        if entry is None:
+            raise ValueError(f"proposal {getattr(proposal, 'id', proposal)!r} is unknown or was already told")
+        if entry[0] != tuple(proposal.choices):
+            raise ValueError(f"proposal {proposal.id} was told with choices that differ from those asked")
+        return entry[1]
+
+    def settle(self, proposal: Proposal) -> Any:
+        extra = self.check(proposal)
+        del self.pending[proposal.id]
+        return extra
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"next_id": self.next_id,
+                "pending": [(i, list(c), e) for i, (c, e) in self.pending.items()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.next_id = int(state["next_id"])
+        self.pending = {int(i): (tuple(c), e) for i, c, e in state["pending"]}
+
+
+def space_size(sizes: Sequence[int]) -> int:
+    n = 1
+    for s in sizes:
+        n *= int(s)
+    return n
+
+
+def sample_unseen(rng: Any, sizes: Sequence[int], seen: set, key_fn: Any,
+                  tries: int = 200, enumerate_limit: int = 200_000) -> tuple[int, ...]:
+    """A uniformly random choice tuple whose key is not in `seen`.
+
+    Rejection sampling first; when that keeps hitting seen keys and the space is small
+    enough, enumerate the unseen ones and pick one. Raises `SpaceExhausted` otherwise.
+    `rng` is a numpy Generator.
+    """
+    for _ in range(tries):
+        choices = tuple(int(rng.integers(s)) for s in sizes)
+        if key_fn(choices) not in seen:
+            return choices
+    total = space_size(sizes)
+    if total > enumerate_limit:
+        raise SpaceExhausted(f"no unseen architecture found in {tries} random draws "
+                             f"(space of {total} choice tuples, {len(seen)} seen)")
+    unseen, keys = [], set()
+    for choices in itertools.product(*(range(s) for s in sizes)):
+        key = key_fn(choices)
+        if key not in seen and key not in keys:
+            keys.add(key)
+            unseen.append(choices)
+    if not unseen:
+        raise SpaceExhausted(f"all {len(seen)} distinct architectures of the space were proposed")
+    return tuple(int(c) for c in unseen[int(rng.integers(len(unseen)))])
+
+
+def identity_key(choices: Sequence[int]) -> tuple[int, ...]:
+    return tuple(choices)
+
+
+def finite_reward(reward: float) -> float:
+    reward = float(reward)
+    if not math.isfinite(reward):
+        raise ValueError(f"reward must be a finite number, got {reward}; use tell_failure instead")
+    return reward
+
+
+def check_state(state: dict[str, Any], kind: str, sizes: Sequence[int]) -> None:
+    """Refuse a state saved by another controller kind or for other decisions."""
+    if not isinstance(state, dict) or state.get("kind") != kind:
+        got = state.get("kind") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"state is for controller {got!r}, not {kind!r}")
+    if tuple(state.get("sizes", ())) != tuple(sizes):
+        raise ValueError(f"state is for decisions of sizes {tuple(state.get('sizes', ()))}, "
+                         f"not {tuple(sizes)}")

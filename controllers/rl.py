@@ -1,0 +1,207 @@
+"""MnasNet's controller: an LSTM policy over the decisions, trained with PPO.
+
+Policy (NASNet/MnasNet style): a one-layer LSTM (100 hidden units) runs one step per
+decision; its input is the embedding of the previous decision's choice (a learned start
+token for the first); one softmax head per decision (sizes differ). Weights start
+uniform in [-0.1, 0.1] as in NASNet/ENAS.
+
+Learning: reward minus an exponential-moving-average baseline (decay 0.95) is the
+advantage; every `batch_size` told proposals, `ppo_epochs` Adam steps on the PPO
+clipped surrogate (clip 0.2) plus an entropy bonus. The "old" log-probability of a
+proposal is the one under the policy that sampled it, so proposals told late (after
+updates) are importance-weighted correctly. Failures count as reward
+`failure_reward` (default: the lowest reward seen so far, 0 before any).
+
+Sampling uses a private `torch.Generator`; weights are initialised from it too, so the
+global torch RNG and thread settings are never touched.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .base import Controller, Ledger, Proposal, check_state, finite_reward
+
+
+class LSTMPolicy(nn.Module):
+    """Autoregressive categorical policy: one LSTM step and one softmax head per decision."""
+
+    def __init__(self, sizes: Sequence[int], hidden: int, generator: torch.Generator,
+                 init_range: float = 0.1) -> None:
+        super().__init__()
+        self.sizes = list(sizes)
+        self.hidden = hidden
+        # embedding rows: 0 = start token, then one block of rows per decision's choices
+        self.offsets = [1 + sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        n_heads = sum(self.sizes)
+        self.embedding = nn.Parameter(torch.empty(1 + n_heads, hidden))
+        self.w_ih = nn.Parameter(torch.empty(4 * hidden, hidden))
+        self.w_hh = nn.Parameter(torch.empty(4 * hidden, hidden))
+        self.bias = nn.Parameter(torch.empty(4 * hidden))
+        self.head_w = nn.Parameter(torch.empty(n_heads, hidden))  # all heads stacked
+        self.head_b = nn.Parameter(torch.empty(n_heads))
+        with torch.no_grad():
+            for p in self.parameters():
+                p.uniform_(-init_range, init_range, generator=generator)
+
+    def _input_gates(self) -> torch.Tensor:
+        """Input-to-gate projection of every embedding row (one matmul instead of one per step)."""
+        return self.embedding @ self.w_ih.t() + self.bias
+
+    def _step(self, gx: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        gates = gx + h @ self.w_hh.t()
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def _logits(self, d: int, h: torch.Tensor) -> torch.Tensor:
+        lo = self.offsets[d] - 1
+        hi = lo + self.sizes[d]
+        return h @ self.head_w[lo:hi].t() + self.head_b[lo:hi]
+
+    @torch.no_grad()
+    def sample(self, generator: torch.Generator) -> tuple[list[int], float]:
+        """One choice per decision and the total log-probability of the sample."""
+        h = c = torch.zeros(1, self.hidden)
+        gates_x = self._input_gates()
+        x = gates_x[0:1]
+        choices, logp = [], 0.0
+        for d in range(len(self.sizes)):
+            h, c = self._step(x, h, c)
+            log_probs = torch.log_softmax(self._logits(d, h)[0], dim=-1)
+            k = int(torch.multinomial(log_probs.exp(), 1, generator=generator))
+            choices.append(k)
+            logp += float(log_probs[k])
+            x = gates_x[self.offsets[d] + k].unsqueeze(0)
+        return choices, logp
+
+    def evaluate(self, choices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability and entropy (summed over decisions) of a batch of choice rows."""
+        n = choices.shape[0]
+        h = c = torch.zeros(n, self.hidden)
+        gates_x = self._input_gates()
+        x = gates_x[0].expand(n, -1)
+        logp = torch.zeros(n)
+        entropy = torch.zeros(n)
+        for d in range(len(self.sizes)):
+            h, c = self._step(x, h, c)
+            log_probs = torch.log_softmax(self._logits(d, h), dim=-1)
+            logp = logp + log_probs.gather(1, choices[:, d:d + 1]).squeeze(1)
+            entropy = entropy - (log_probs.exp() * log_probs).sum(-1)
+            x = gates_x[self.offsets[d] + choices[:, d]]
+        return logp, entropy
+
+    @torch.no_grad()
+    def greedy_probs(self) -> list[list[float]]:
+        """Per-decision choice probabilities along the most likely path (for logs/tests)."""
+        h = c = torch.zeros(1, self.hidden)
+        gates_x = self._input_gates()
+        x = gates_x[0:1]
+        out = []
+        for d in range(len(self.sizes)):
+            h, c = self._step(x, h, c)
+            probs = torch.softmax(self._logits(d, h)[0], dim=-1)
+            out.append(probs.tolist())
+            x = gates_x[self.offsets[d] + int(probs.argmax())].unsqueeze(0)
+        return out
+
+
+class RLController(Controller):
+    """MnasNet/NASNet RL controller (LSTM policy + PPO); see the module docstring."""
+
+    def __init__(self, decisions: Sequence[Any], seed: int = 0, hidden: int = 100,
+                 lr: float = 5e-3, batch_size: int = 8, ppo_epochs: int = 4,
+                 clip: float = 0.2, entropy_coef: float = 1e-3,
+                 baseline_decay: float = 0.95, normalize_advantage: bool = True,
+                 failure_reward: Optional[float] = None, init_range: float = 0.1) -> None:
+        super().__init__(decisions, seed)
+        if batch_size < 1 or ppo_epochs < 1 or hidden < 1 or lr <= 0:
+            raise ValueError("RLController needs batch_size, ppo_epochs, hidden >= 1 and lr > 0")
+        if not 0.0 <= baseline_decay < 1.0:
+            raise ValueError(f"baseline_decay must be in [0, 1), got {baseline_decay}")
+        self.batch_size, self.ppo_epochs = int(batch_size), int(ppo_epochs)
+        self.clip, self.entropy_coef = float(clip), float(entropy_coef)
+        self.baseline_decay = float(baseline_decay)
+        self.normalize_advantage = bool(normalize_advantage)
+        self.failure_reward = failure_reward
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.policy = LSTMPolicy(self.sizes, int(hidden), self.generator, init_range)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=lr)
+        self.ledger = Ledger()
+        self.baseline: Optional[float] = None
+        self.min_reward: Optional[float] = None
+        self.buffer: list[tuple[tuple[int, ...], float, float]] = []  # choices, old logp, advantage
+        self.n_told = self.n_failed = self.n_updates = 0
+
+    def ask(self) -> Proposal:
+        choices, logp = self.policy.sample(self.generator)
+        return self.ledger.issue(choices, logp)
+
+    def tell(self, proposal: Proposal, reward: float) -> None:
+        reward = finite_reward(reward)
+        old_logp = self.ledger.settle(proposal)
+        self.min_reward = reward if self.min_reward is None else min(self.min_reward, reward)
+        self.n_told += 1
+        self._learn(proposal.choices, old_logp, reward)
+
+    def tell_failure(self, proposal: Proposal, status: str) -> None:
+        old_logp = self.ledger.settle(proposal)
+        self.n_failed += 1
+        reward = self.failure_reward
+        if reward is None:
+            reward = 0.0 if self.min_reward is None else self.min_reward
+        self._learn(proposal.choices, old_logp, float(reward))
+
+    def _learn(self, choices: tuple[int, ...], old_logp: float, reward: float) -> None:
+        if self.baseline is None:
+            self.baseline = reward
+        advantage = reward - self.baseline
+        self.baseline = self.baseline_decay * self.baseline + (1 - self.baseline_decay) * reward
+        self.buffer.append((choices, old_logp, advantage))
+        if len(self.buffer) >= self.batch_size:
+            self._update()
+            self.buffer = []
+
+    def _update(self) -> None:
+        choices = torch.tensor([b[0] for b in self.buffer], dtype=torch.long)
+        old_logp = torch.tensor([b[1] for b in self.buffer])
+        adv = torch.tensor([b[2] for b in self.buffer])
+        if self.normalize_advantage and len(self.buffer) > 1:
+            adv = adv / (adv.std() + 1e-8)
+        for _ in range(self.ppo_epochs):
+            logp, entropy = self.policy.evaluate(choices)
+            ratio = torch.exp(logp - old_logp)
+            surrogate = torch.min(ratio * adv, ratio.clamp(1 - self.clip, 1 + self.clip) * adv)
+            loss = -surrogate.mean() - self.entropy_coef * entropy.mean()
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+        self.n_updates += 1
+
+    def choice_probs(self) -> list[list[float]]:
+        """Choice probabilities per decision along the policy's most likely path."""
+        return self.policy.greedy_probs()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "rl", "sizes": list(self.sizes), "seed": self.seed,
+                "generator": self.generator.get_state().clone(),
+                "policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "ledger": self.ledger.state_dict(), "baseline": self.baseline,
+                "min_reward": self.min_reward, "buffer": [(list(c), lp, a) for c, lp, a in self.buffer],
+                "n_told": self.n_told, "n_failed": self.n_failed, "n_updates": self.n_updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_state(state, "rl", self.sizes)
+        self.generator.set_state(state["generator"])
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.ledger.load_state_dict(state["ledger"])
+        self.baseline, self.min_reward = state["baseline"], state["min_reward"]
+        self.buffer = [(tuple(c), float(lp), float(a)) for c, lp, a in state["buffer"]]
+        self.n_told, self.n_failed, self.n_updates = state["n_told"], state["n_failed"], state["n_updates"]
+
+

@@ -1,0 +1,152 @@
+"""The trial command of the NNI engine: `python -m nas.nni_trial`.
+
+NNI runs this module once per trial, on whichever machine its training service picks.
+Why it is shaped this way (see docs/readme/nni.md and NNI.md):
+
+* `nni.get_next_parameter()` is called FIRST: a trial that dies before reading its
+  parameters stalls NNI's dispatcher, so nothing of ours is even imported before it.
+* Everything after it is wrapped: any failure becomes a *result* (status `failed`),
+  never a crash.
+* The parameters carry the whole job (`nas.engine.Job`: kind, proposal id, choices,
+  canonical key, spec, MACs) and the `EvalContext` (budget, target, reward exponents,
+  evaluator), so the trial needs no shared file system (remote and Kubernetes workers
+  work the same); it trains with `nas.engine.evaluate_job`, as the local engine does.
+* The final-result dict repeats what this trial actually trained (proposal id, choices,
+  key, spec): NNI can pair parameters and results of different trials, so the engine
+  builds its records from this dict alone.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import math
+import socket
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+RESULT_FIELDS = ("status", "accuracy", "macs", "params", "reward", "loss", "epoch_accuracies",
+                 "wall_time", "images_per_sec", "message")
+IDENTITY = ("kind", "proposal_id", "choices", "key", "spec")
+
+
+def hash_accuracy(key: str) -> float:
+    """A deterministic stand-in accuracy in [0.05, 0.95) that depends only on `key`."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return 0.05 + 0.9 * int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def hash_evaluate(spec: Any, budget: Any, target: float, alpha: float = -0.07, beta: float = -0.07,
+                  **_: Any) -> Any:
+    """A trivial evaluator (tests, benchmarks): accuracy = hash_accuracy(spec.key()).
+
+    It trains nothing, so engine overhead and record attribution can be measured and
+    checked for real.
+    """
+    from nas.result import TrialResult
+    from nas.reward import reward
+    from search_space import cost
+
+    acc = hash_accuracy(spec.key())
+    macs, params = int(cost.macs(spec, budget.target_resolution)), int(cost.params(spec))
+    return TrialResult(status="ok", accuracy=acc, macs=macs, params=params,
+                       reward=reward(acc, macs, target, alpha, beta), epoch_accuracies=[acc],
+                       message="hash evaluator")
+
+
+def hash_evaluate_jitter(spec: Any, budget: Any, target: float, alpha: float = -0.07, beta: float = -0.07,
+                         **kw: Any) -> Any:
+    """`hash_evaluate` after a key-dependent sleep of 0.1-0.6 s, so that concurrent
+    trials finish out of order (the case where NNI mis-pairs parameters and results)."""
+    time.sleep(0.1 + 0.5 * (hash_accuracy(spec.key() + "/delay") - 0.05) / 0.9)
+    return hash_evaluate(spec, budget, target, alpha, beta, **kw)
+
+
+def _finite(x: Any) -> Any:
+    return x if not isinstance(x, float) or math.isfinite(x) else None
+
+
+def _with_epoch_hook(fn: Callable[..., Any], on_epoch: Callable[..., None]) -> tuple[Callable[..., Any], bool]:
+    """`fn` with a per-epoch callback bound, when its signature has one."""
+    try:
+        names = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return fn, False
+    for hook in ("on_epoch", "epoch_callback"):
+        if hook in names:
+            return functools.partial(fn, **{hook: on_epoch}), True
+    return fn, False
+
+
+def run_trial(params: Any, report_intermediate: Callable[[Any], None]) -> dict:
+    """Evaluate the job in `params` with the engines' `evaluate_job`; always returns a
+    final-result dict that repeats the job's identity (what this trial trained)."""
+    job_d = params.get("job") if isinstance(params, dict) else None
+    job_d = job_d if isinstance(job_d, dict) else {}
+    out: dict[str, Any] = {"default": 0.0, **{k: job_d.get(k) for k in IDENTITY},
+                           "session": params.get("session") if isinstance(params, dict) else None,
+                           "host": socket.gethostname(), "status": "failed", "message": ""}
+    t0 = time.time()
+    try:
+        if not job_d:
+            raise ValueError(f"no job in the trial parameters: {params!r:.200}")
+        from nas.engine import EvalContext, Job, evaluate_job, load_evaluator
+        from nas.reward import reward
+        from search_space.spec import ArchSpec
+
+        job = Job.from_dict(job_d)
+        ctx = EvalContext.from_dict(params["ctx"])
+        key = ArchSpec.from_dict(job.spec).key()
+        if key != job.key:
+            raise ValueError(f"spec does not match its key ({key} != {job.key})")
+        curve: list[float] = []
+
+        def on_epoch(*args: Any, **kwargs: Any) -> None:
+            acc = kwargs.get("accuracy", args[-1] if args else None)
+            curve.append(float(acc))
+            report_intermediate({"default": float(acc), "proposal_id": job.proposal_id, "kind": job.kind})
+
+        fn, hooked = _with_epoch_hook(load_evaluator(ctx.evaluator), on_epoch)
+        result = evaluate_job(job, ctx, fn)
+        data = result.to_dict()
+        for name in RESULT_FIELDS:
+            out[name] = data.get(name)
+        if not hooked:  # no per-epoch hook: the curve is reported once training is over
+            for acc in data.get("epoch_accuracies") or []:
+                report_intermediate({"default": float(acc), "proposal_id": job.proposal_id, "kind": job.kind})
+        if out["status"] in ("ok", "skipped") and out.get("accuracy") is not None:
+            out["default"] = float(reward(float(out["accuracy"]), job.macs, ctx.target, ctx.alpha, ctx.beta))
+    except BaseException as exc:  # noqa: BLE001 - every failure must become a result
+        out["status"] = "failed"
+        out["message"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else \
+            (f"{type(exc).__name__}: {exc}".splitlines() or ["error"])[0][:500]
+        if not isinstance(exc, KeyboardInterrupt):
+            traceback.print_exc()
+    for name in ("accuracy", "reward", "loss"):
+        out[name] = _finite(out.get(name))
+    out["wall_time"] = out.get("wall_time") or round(time.time() - t0, 4)
+    return out
+
+
+def main() -> int:
+    import nni
+
+    params = nni.get_next_parameter()  # FIRST: see the module docstring
+    try:
+        out = run_trial(params, nni.report_intermediate_result)
+        try:
+            out["trial_id"] = nni.get_trial_id()
+        except Exception:
+            pass
+    except BaseException as exc:  # noqa: BLE001 - last resort, still report
+        job = (params.get("job") or {}) if isinstance(params, dict) else {}
+        out = {"default": 0.0, "status": "failed", "message": f"{type(exc).__name__}: {exc}"[:500],
+               **{k: job.get(k) for k in IDENTITY}}
+    nni.report_final_result(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

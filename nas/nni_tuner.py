@@ -1,0 +1,148 @@
+"""A custom NNI tuner that drives the project's search loop (the NNI engine's brain).
+
+NNI's dispatcher process (started by NNI's manager on the machine that runs
+`nas.search`) builds `ControllerTuner(session=PATH)`. The session file, written by
+`nas.engine_nni`, holds the pickled job source (`nas.engine.SearchLoop`: space,
+controller, settings; or a `BatchSource`) minus its store connection; the tuner
+reopens the run's SQLite store under `--out` and drives the source exactly as the
+local engine does, so *what* is searched (ask, cost window, cache, reward, tell,
+records, checkpoints) is the same code:
+
+    generate_parameters  -> pending jobs first (resume), then source.next_job()
+                            (controller.ask() behind it)
+    receive_trial_result -> source.complete(job, result)   (tell + record + checkpoint)
+    trial_end(False)     -> source.complete(job, failed)    (tell_failure)
+
+Misattribution guard: NNI may pair one trial's parameters with another trial's
+result. A result is matched to its job by the (kind, proposal id) the trial reports
+about itself, never by NNI's parameter id, and refused when its choices/key differ
+from that job's. `import_data` (NNI's possibly mis-paired history) is ignored: the
+store and its controller checkpoint are the record of truth.
+Calls arrive on several threads: one lock serialises them.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+import time
+from typing import Any
+
+import nni
+from nni.tuner import Tuner
+
+from nas.result import TrialResult
+from nas.store import Store
+
+_log = logging.getLogger("nas.nni_tuner")
+
+
+def rebuild_source(cls: type, state: dict, store: Store) -> Any:
+    """A JobSource equal to the engine's, with this process's store, lock and no listeners."""
+    source = cls.__new__(cls)
+    vars(source).update(state)
+    source.store = store
+    source.lock = threading.RLock()
+    source.listeners = []
+    source.in_flight = {}
+    if isinstance(state.get("_proposals"), dict):
+        source._proposals = {}
+    return source
+
+
+def source_state(source: Any) -> tuple[type, dict]:
+    """What `rebuild_source` needs: everything but the store, lock, listeners, in-flight jobs."""
+    skip = {"store", "lock", "listeners", "in_flight"}
+    return type(source), {k: v for k, v in vars(source).items() if k not in skip}
+
+
+class ControllerTuner(Tuner):
+    """Adapter: NNI tuner calls -> the engine-neutral job source -> controller + store."""
+
+    def __init__(self, session: str) -> None:
+        super().__init__()
+        with open(session, "rb") as fh:
+            s = pickle.load(fh)
+        self.store = Store.open(s["out_dir"])
+        self.source = rebuild_source(s["source_cls"], s["source_state"], self.store)
+        self.ctx = s["ctx"]
+        self.token = s["token"]
+        self.lock = threading.RLock()
+        self.queue = list(self.source.initial_jobs())   # pending (re-queued) jobs first
+        self.inflight: dict[tuple[str, int], Any] = {}  # (kind, proposal id) -> job handed to NNI
+        self.by_parameter: dict[int, tuple[str, int]] = {}
+        self.started: dict[tuple[str, int], float] = {}
+
+    # -- NNI calls ------------------------------------------------------------------------
+    def update_search_space(self, search_space: Any) -> None:
+        """NNI's search space is a placeholder: our controller owns the real one."""
+
+    def import_data(self, data: Any) -> None:
+        """Ignored on purpose: NNI's history may pair parameters and results wrongly."""
+        _log.info("import_data ignored (%d rows): the store is the record of truth", len(data or []))
+
+    def generate_parameters(self, parameter_id: int, **kwargs: Any) -> dict:
+        with self.lock:
+            job = self.queue.pop(0) if self.queue else self.source.next_job()
+            if job is None:
+                raise nni.NoMoreTrialError("no job to start now")
+            ident = (job.kind, int(job.proposal_id))
+            self.inflight[ident] = job
+            self.by_parameter[parameter_id] = ident
+            self.started[ident] = time.time()
+            return {"job": job.to_dict(), "ctx": self.ctx, "session": self.token}
+
+    def receive_trial_result(self, parameter_id: int, parameters: Any, value: Any, **kwargs: Any) -> None:
+        with self.lock:
+            if not isinstance(value, dict) or "proposal_id" not in value:
+                _log.error("result without our fields (parameter %s) ignored: %r", parameter_id, value)
+                return
+            if value.get("session") != self.token:
+                _log.error("result from another session ignored: %r", value.get("session"))
+                return
+            ident = (value.get("kind"), value.get("proposal_id"))
+            job = self.inflight.get(ident)
+            if job is None:
+                _log.error("result for %s, which is not in flight (duplicate or stale): ignored", ident)
+                return
+            if list(value.get("choices") or []) != list(job.choices or []) or value.get("key") != job.key:
+                _log.error("trial reported another architecture than job %s: recorded as failed", ident)
+                self._complete(job, TrialResult(status="failed", message=f"trial reported another "
+                                                f"architecture than job {ident}"), value)
+                return
+            fields = {k: value.get(k) for k in ("status", "accuracy", "loss", "epoch_accuracies", "wall_time",
+                                                "images_per_sec", "message") if value.get(k) is not None}
+            try:
+                result = TrialResult.from_dict(fields)
+            except ValueError as exc:  # unknown status
+                result = TrialResult(status="failed", message=str(exc))
+            self._complete(job, result, value)
+
+    def trial_end(self, parameter_id: int, success: bool, **kwargs: Any) -> None:
+        """A trial that ended without a result (assessor stop, cancel, kill).
+
+        NNI's parameter id is the only link here, and may be wrong (NNI.md); a job
+        already completed from its own report is never completed twice.
+        """
+        if success:
+            return
+        with self.lock:
+            ident = self.by_parameter.get(parameter_id)
+            job = self.inflight.get(ident) if ident is not None else None
+            if job is not None:
+                self._complete(job, TrialResult(status="failed", message="trial ended without a result "
+                                                "(early-stopped by the assessor, cancelled or killed)"), {})
+
+    def _complete(self, job: Any, result: TrialResult, value: dict) -> None:
+        ident = (job.kind, int(job.proposal_id))
+        self.inflight.pop(ident, None)
+        trial_id = value.get("trial_id")
+        worker = f"nni:{trial_id}@{value.get('host')}" if trial_id else "nni"
+        wall = float(value.get("wall_time") or 0.0)
+        finished = time.time()
+        self.source.complete(job, result, worker=worker,
+                             started_at=(finished - wall) if wall else self.started.pop(ident, None),
+                             finished_at=finished, extra={"nni_trial_id": trial_id, "host": value.get("host")})
+
+    def _on_exit(self) -> None:
+        self.store.close()

@@ -1,0 +1,234 @@
+"""What a search leaves for people: trials.csv, best.yaml, pareto.png, the summary table,
+and the progress line on stderr.
+
+Every file is written to a temporary name and renamed, so a kill never leaves half a file
+(the store, not these files, is the record; all of them can be rebuilt from it).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, TextIO
+
+CSV_COLUMNS = ("id", "kind", "proposal_id", "source", "status", "accuracy", "reward", "macs", "params",
+               "key", "choices", "epoch_accuracies", "wall_time", "worker", "attempt", "queued_at",
+               "started_at", "finished_at", "message")
+
+
+def atomic_write(path: str | Path, text: str | bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if isinstance(text, bytes):
+        tmp.write_bytes(text)
+    else:
+        tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return " ".join(f"{x:.4f}" if isinstance(x, float) else str(x) for x in v)
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else v
+
+
+def write_trials_csv(rows: Iterable[dict], path: str | Path) -> None:
+    """One line per recorded trial (search, reference, grid), in completion order."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(CSV_COLUMNS)
+    for r in rows:
+        w.writerow([_cell(r.get(c)) for c in CSV_COLUMNS])
+    atomic_write(path, buf.getvalue())
+
+
+def best_spec(row: dict, target_resolution: int) -> Any:
+    """The B0 as an ArchSpec: 1000 classes, the target resolution, named 'b0'."""
+    import dataclasses
+    from search_space.spec import ArchSpec
+    spec = ArchSpec.from_dict(row["spec"])
+    return dataclasses.replace(spec, num_classes=1000, resolution=int(target_resolution), name="b0")
+
+
+def write_best(row: dict, out_dir: str | Path, target_resolution: int) -> Path:
+    path = Path(out_dir) / "best.yaml"
+    best_spec(row, target_resolution).save(path)
+    return path
+
+
+def plot_pareto(rows: Sequence[dict], path: str | Path, target: int, alpha: float, beta: float,
+                best: Optional[dict] = None, reference: Optional[dict] = None, window: tuple | None = None) -> None:
+    """Validation accuracy against MACs: every trained trial, reward iso-lines, the target
+    (and cost window), the best circled, the reference B0 marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    trained = [r for r in rows if r.get("source") == "trained" and r.get("kind") == "search"]
+    ok = [r for r in trained if r.get("status") == "ok" and r.get("accuracy") is not None]
+    bad = [r for r in trained if r.get("status") != "ok" or r.get("accuracy") is None]
+    skipped = [r for r in rows if r.get("source") == "cost-only"]
+    macs_all = [r["macs"] for r in rows if r.get("macs")] + [target]
+    lo, hi = min(macs_all) * 0.8 / 1e6, max(macs_all) * 1.2 / 1e6
+    accs = [r["accuracy"] for r in ok] + ([reference["accuracy"]] if reference and reference.get("accuracy") else [])
+    ylo = max(0.0, min(accs) - 0.1) if accs else 0.0
+    yhi = min(1.0, max(accs) + 0.08) if accs else 1.0
+    if ok:
+        ax.scatter([r["macs"] / 1e6 for r in ok], [r["accuracy"] for r in ok], s=22, c="tab:blue",
+                   alpha=0.8, label=f"trained ({len(ok)})", zorder=3)
+    if bad:
+        ax.scatter([r["macs"] / 1e6 for r in bad], [ylo + 0.005] * len(bad), marker="x", c="tab:red",
+                   label=f"failed/timeout ({len(bad)})", zorder=3)
+    if skipped:
+        ax.scatter([r["macs"] / 1e6 for r in skipped], [ylo + 0.005] * len(skipped), marker="|", c="0.6",
+                   label=f"outside cost window, not trained ({len(skipped)})", zorder=2)
+    xs = np.geomspace(max(lo, 1e-3), hi, 200)
+    best_reward = best["reward"] if best and best.get("reward") else None
+    w = np.where(xs * 1e6 <= target, alpha, beta)
+    for i, level in enumerate(np.linspace(ylo + 0.02, yhi, 4)):
+        # reward = acc * (m/T)^w  =>  acc = reward / (m/T)^w
+        ax.plot(xs, level / (xs * 1e6 / target) ** w, ls=":", lw=1, c="0.6",
+                label="reward iso-lines" if i == 0 else None, zorder=1)
+    if best_reward:
+        ax.plot(xs, best_reward / (xs * 1e6 / target) ** w, ls="--", lw=1, c="tab:orange", alpha=0.7,
+                label=f"iso-line of the best reward {best_reward:.3f}", zorder=1)
+    ax.axvline(target / 1e6, c="k", lw=1.2, ls="--", label=f"target T = {target / 1e6:g}M")
+    if window:
+        ax.axvspan(window[0] * target / 1e6, min(window[1] * target / 1e6, hi), color="tab:green", alpha=0.06,
+                   label="cost window (trained)")
+    if best:
+        ax.scatter([best["macs"] / 1e6], [best["accuracy"]], s=260, facecolors="none", edgecolors="tab:orange",
+                   linewidths=2.2, label=f"best (B0): {best['accuracy']:.3f} @ {best['macs'] / 1e6:.0f}M", zorder=4)
+    if reference and reference.get("accuracy") is not None:
+        ax.scatter([reference["macs"] / 1e6], [reference["accuracy"]], marker="*", s=160, c="tab:purple",
+                   label=f"EfficientNet-B0: {reference['accuracy']:.3f} @ {reference['macs'] / 1e6:.0f}M", zorder=4)
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    plain = matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_ylim(ylo, yhi)
+    ax.set_xlabel("multiply-adds (millions, at the target resolution)")
+    ax.set_ylabel("proxy validation accuracy")
+    ax.set_title("Search: accuracy vs multiply-adds")
+    ax.grid(alpha=0.25, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+def _fmt(v: Any, spec: str = ".4f") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, spec)
+
+
+def summary_table(best: Optional[dict], reference: Optional[dict], counts: dict[str, int], target: int,
+                  wall: float, out_dir: str | Path, family: Optional[Sequence[dict]] = None,
+                  stop_reason: str = "") -> str:
+    """The closing summary printed on stdout (Markdown-ish, readable in a terminal)."""
+    lines = [f"Search finished in {wall / 60:.1f} min: {counts.get('trained', 0)} trained "
+             f"({counts.get('failed', 0)} failed), {counts.get('cost-only', 0)} outside the cost window, "
+             f"{counts.get('cache', 0)} cached.  Results in {out_dir}/"]
+    if stop_reason:
+        lines.append(f"Note: {stop_reason}")
+    lines += ["", "| model | accuracy (proxy) | MACs | params | reward | within target |",
+              "|---|---|---|---|---|---|"]
+    for name, r in (("B0 found", best), ("EfficientNet-B0", reference)):
+        if r is None:
+            continue
+        lines.append(f"| {name} | {_fmt(r.get('accuracy'))} | {r['macs'] / 1e6:.1f}M | {r['params'] / 1e6:.2f}M | "
+                     f"{_fmt(r.get('reward'))} | {'yes' if r['macs'] <= target else 'no'} |")
+    if best is None:
+        lines.append("| B0 found | no trial finished ok | | | | |")
+    if best is not None:
+        from search_space.spec import ArchSpec
+        spec = ArchSpec.from_dict(best["spec"])
+        lines += ["", "B0 blocks: " + "  ".join(spec.to_tf_strings())]
+    if family:
+        lines += ["", "| model | phi | width | depth | resolution | params | MACs |", "|---|---|---|---|---|---|---|"]
+        for row in family:
+            lines.append(f"| {row.get('name', '')} | {_g(row.get('phi'))} | {_g(row.get('width'))} | "
+                         f"{_g(row.get('depth'))} | {row.get('resolution', '')} | "
+                         f"{_m(row.get('params'))} | {_m(row.get('macs'))} |")
+    return "\n".join(lines)
+
+
+def _g(v: Any) -> str:
+    return "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
+
+
+def _m(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v / 1e9:.2f}G" if v >= 1e9 else f"{v / 1e6:.1f}M"
+
+
+class Progress:
+    """`trials 7/24 | failed 1 | best reward 0.8123 | ETA 4m10s` on stderr.
+
+    On a terminal the line is rewritten in place; otherwise one line per finished trial.
+    Listens to SearchLoop records (only trained search trials move it).
+    """
+
+    def __init__(self, total: int, done: int = 0, failed: int = 0, best: float | None = None,
+                 stream: TextIO | None = None, enabled: bool = True) -> None:
+        self.total, self.done, self.failed, self.best = total, done, failed, best
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.t0 = time.time()
+        self.start_done = done
+        self.dirty = False
+
+    def __call__(self, rec: dict) -> None:
+        if rec.get("kind") != "search" or rec.get("source") != "trained":
+            return
+        self.done += 1
+        if rec.get("status") != "ok":
+            self.failed += 1
+        if rec.get("reward") is not None and rec.get("status") == "ok":
+            self.best = rec["reward"] if self.best is None else max(self.best, rec["reward"])
+        self.show(rec)
+
+    def line(self) -> str:
+        rate_n = self.done - self.start_done
+        eta = "?"
+        if rate_n > 0:
+            left = (time.time() - self.t0) / rate_n * max(0, self.total - self.done)
+            eta = f"{int(left // 60)}m{int(left % 60):02d}s"
+        best = "-" if self.best is None else f"{self.best:.4f}"
+        return f"trials {self.done}/{self.total} | failed {self.failed} | best reward {best} | ETA {eta}"
+
+    def show(self, rec: dict | None = None) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            self.stream.write("\r" + self.line().ljust(78))
+            self.dirty = True
+        else:
+            extra = ""
+            if rec is not None:
+                acc = rec.get("accuracy")
+                extra = (f" | trial {rec.get('id')}: {rec.get('status')}"
+                         f"{'' if acc is None else f' acc {acc:.4f}'} {rec.get('macs', 0) / 1e6:.0f}M")
+            self.stream.write(self.line() + extra + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self.dirty:
+            self.stream.write("\n")
+            self.stream.flush()

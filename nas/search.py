@@ -1,0 +1,429 @@
+"""`python -m nas.search --target-flops 400M`: the main job.
+
+Wires the search space, a controller, the proxy evaluation and an engine together
+(see nas/engine.py for the loop, nas/store.py for the crash-safe record), writes the
+reports, then hands the best architecture (B0) to compound scaling (B1..B7 under
+`--out/family/`).
+
+Order of work, and why: every option, file and folder is validated *before* `--out`
+is created, so a bad invocation leaves nothing a later `--resume` could mistake for a
+run. Bad input ends with one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from nas import config as cfg
+from nas.engine import EngineError
+from nas.errors import UserError
+
+PROG = "effnas-search"
+OUTPUT_FILES = ("search.db", "search.db-wal", "search.db-shm", "best.yaml", "trials.csv", "pareto.png")
+OUTPUT_DIRS = ("tb", "family", "nni", "grid")
+
+
+@dataclass
+class Setup:
+    """Everything validated, nothing written yet."""
+
+    opts: dict
+    space: Any
+    budget: Any
+    ctx: Any
+    settings: Any
+    reference: Any
+    slots: list = field(default_factory=list)
+    phis: list = field(default_factory=list)
+
+
+def _log(opts: dict, msg: str) -> None:
+    if not opts.get("quiet"):
+        print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------
+# validation (writes nothing)
+# ----------------------------------------------------------------------------------------
+def _space(opts: dict, given: set, stored: Optional[dict]) -> Any:
+    from search_space.errors import SpecError
+    from search_space.space import SearchSpace
+    try:
+        if opts.get("space") and (stored is None or "space" in given):
+            path = Path(opts["space"])
+            if not path.is_file():
+                raise UserError(f"--space {opts['space']}: no such file")
+            space = SearchSpace.from_yaml(path)
+        elif stored is not None and stored.get("space_text"):
+            space = SearchSpace.from_yaml_text(stored["space_text"], source="the run's stored space")
+        else:
+            space = SearchSpace.default()
+    except SpecError as exc:
+        raise UserError(f"--space: {str(exc).splitlines()[0]}") from None
+    text = space.to_yaml()
+    if stored is not None and stored.get("space_text") and text != stored["space_text"]:
+        raise UserError("--resume: --space differs from the run's search space; it cannot change on resume")
+    opts["space_text"] = text
+    return space
+
+
+def make_controller(opts: dict, space: Any) -> Any:
+    """The controller named in opts, sized for the run (evolution's population ~ trials/3)."""
+    import controllers
+    name = opts["controller"]
+    kwargs: dict[str, Any] = {}
+    if name == "evolution":
+        pop = max(4, min(50, opts["trials"] // 3))
+        kwargs = dict(population_size=pop, sample_size=max(2, min(10, pop // 3)), key_fn=space.key)
+    elif name == "random":
+        kwargs = dict(key_fn=space.key)
+    try:
+        return controllers.make(name, space.decisions, seed=int(opts["seed"]), **kwargs)
+    except ValueError as exc:
+        raise UserError(f"--controller {name}: {exc}") from None
+
+
+def _device(opts: dict) -> str:
+    want = opts["device"]
+    if want == "cpu":
+        return "cpu"
+    try:
+        import torch
+        ok = torch.cuda.is_available()
+    except Exception:
+        ok = False
+    if want == "cuda" and not ok:
+        raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return "cuda" if ok else "cpu"
+
+
+def validate(opts: dict, given: set, stored: Optional[dict] = None) -> Setup:
+    """Check every option, file and folder; build (but do not start) the pieces."""
+    from nas.budget import ProxyBudget
+    from nas.engine import EvalContext, LoopSettings, load_evaluator
+    from nas.engine_local import device_slots
+    from nas.reward import preset
+
+    if opts.get("target_flops") is None:
+        raise UserError("--target-flops is required (e.g. --target-flops 400M)")
+    target = int(opts["target_flops"])
+    alpha0, beta0 = preset(opts["reward"])
+    opts["alpha"] = alpha0 if opts.get("alpha") is None else float(opts["alpha"])
+    opts["beta"] = beta0 if opts.get("beta") is None else float(opts["beta"])
+    window = cfg.parse_window(opts["cost_window"])
+    phis = cfg.parse_phis(opts["phis"])
+    for k in ("alpha_scale", "beta_scale", "gamma_scale"):
+        if float(opts[k]) < 1:
+            raise UserError(f"--{k.replace('_', '-')} must be >= 1, got {opts[k]}")
+    if opts.get("scale_grid") and not opts.get("no_scale"):
+        from scaling.grid import grid_candidates
+        try:
+            grid_candidates(float(opts["grid_step"]), tol=float(opts["grid_tol"]))
+        except Exception as exc:  # ScalingError: e.g. no point under the tolerance
+            raise UserError(f"--scale-grid: {str(exc).splitlines()[0]}") from None
+    cfg.check_out_dir(opts["out"], bool(opts.get("resume")), bool(opts.get("overwrite")))
+    if opts["engine"] == "nni":
+        try:
+            from nas import engine_nni
+        except Exception as exc:
+            raise UserError(f"--engine nni: NNI cannot be used here ({type(exc).__name__}: {exc})") from None
+        if hasattr(engine_nni, "validate"):
+            engine_nni.validate(_namespace(opts))  # NNI options, before --out exists
+        elif hasattr(engine_nni, "load_nni_config"):
+            engine_nni.load_nni_config(opts.get("nni_config"))
+        if opts.get("concurrency") is not None and int(opts["concurrency"]) < 1:
+            raise UserError(f"--concurrency must be at least 1, got {opts['concurrency']}")
+    space = _space(opts, given, stored)
+    stride = space.skeleton().total_stride
+    if int(opts["proxy_resolution"]) < stride:
+        raise UserError(f"--proxy-resolution {opts['proxy_resolution']} is below the networks' total stride "
+                        f"{stride}; use at least {stride}")
+    device = _device(opts)
+    if device == "cuda":
+        slots = device_slots("cuda", int(opts["workers"]), int(opts["workers_per_gpu"]))
+    else:
+        n = int(opts["workers"]) or max(1, min(4, os.cpu_count() or 1))
+        slots = device_slots("cpu", n)
+    try:
+        load_evaluator(opts["evaluator"])
+    except Exception as exc:
+        raise UserError(f"--evaluator {opts['evaluator']}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    ref = None
+    if str(opts.get("reference") or "none").lower() != "none":
+        from search_space import zoo
+        try:
+            ref = zoo.get(opts["reference"])
+        except Exception as exc:
+            raise UserError(f"--reference {opts['reference']}: {str(exc).splitlines()[0]}") from None
+    budget = ProxyBudget(dataset=str(opts["dataset"]).lower(), data_dir=opts.get("data_dir"),
+                         download=bool(opts.get("download")), resolution=int(opts["proxy_resolution"]),
+                         target_resolution=int(opts["target_resolution"]), epochs=float(opts["proxy_epochs"]),
+                         batch_size=int(opts["batch_size"]), seed=int(opts["seed"]), device=device,
+                         time_limit=float(opts["trial_timeout"]))
+    num_classes = _check_data(budget, opts)
+    settings = LoopSettings(target=target, alpha=opts["alpha"], beta=opts["beta"], trials=int(opts["trials"]),
+                            cost_window=window, target_resolution=int(opts["target_resolution"]),
+                            chance=1.0 / num_classes)
+    ctx = EvalContext(budget=budget, target=target, alpha=opts["alpha"], beta=opts["beta"],
+                      evaluator=opts["evaluator"])
+    return Setup(opts=opts, space=space, budget=budget, ctx=ctx, settings=settings, reference=ref, slots=slots,
+                 phis=phis)
+
+
+def _check_data(budget: Any, opts: dict) -> int:
+    """Number of classes; with the real evaluator the dataset is loaded once here (so a
+    missing or broken dataset is one clear error, and a download happens once)."""
+    from nas.engine import CHANCE, DATASETS
+    if budget.dataset not in DATASETS:
+        raise UserError(f"--dataset {budget.dataset!r}: expected one of {', '.join(DATASETS)}")
+    if budget.data_dir and not Path(budget.data_dir).is_dir():
+        raise UserError(f"--data-dir {budget.data_dir}: no such folder")
+    if opts["evaluator"] != cfg.DEFAULTS["evaluator"]:
+        return CHANCE.get(budget.dataset, 10)
+    try:
+        from nas import data
+        loaded = data.load(dataclasses.replace(budget, device="cpu"))
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"--dataset {budget.dataset}: cannot load it ({str(exc).splitlines()[0]})") from None
+    n = int(loaded.num_classes)
+    data.clear_cache()
+    return max(2, n)
+
+
+# ----------------------------------------------------------------------------------------
+# running
+# ----------------------------------------------------------------------------------------
+def _prepare_out(opts: dict) -> None:
+    out = Path(opts["out"])
+    if opts.get("overwrite") and not opts.get("resume"):
+        for name in OUTPUT_FILES:
+            p = out / name
+            if p.exists():
+                p.unlink()
+        for name in OUTPUT_DIRS:
+            shutil.rmtree(out / name, ignore_errors=True)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    from nas.store import Store
+
+    t0 = time.time()
+    opts, given = cfg.parse(argv)
+    stored = None
+    if opts.get("resume"):
+        cfg.check_out_dir(opts["out"], True, False)
+        with Store.open(opts["out"]) as st:
+            stored = st.config
+        opts = cfg.merge_resume(stored, opts, given)
+        opts["resume"] = True
+    setup = validate(opts, given, stored)
+    _prepare_out(opts)
+    record = cfg.for_record({k: v for k, v in opts.items() if not k.startswith("_")})
+    if stored is None:
+        store = Store.create(opts["out"], record)
+    else:
+        store = Store.open(opts["out"])
+        store.set_config(record)
+        store.requeue_pending()  # jobs that were running when the run stopped: attempt + 1
+    try:
+        return _search(setup, store, t0)
+    finally:
+        store.close()
+
+
+def _search(setup: Setup, store: Any, t0: float) -> int:
+    from nas import report
+    from nas.engine import SearchLoop
+    from nas.engine_local import LocalEngine
+
+    opts = setup.opts
+    out = Path(opts["out"])
+    controller = make_controller(opts, setup.space)
+    done = store.count("search")
+    failed = sum(1 for r in store.trials("search", "trained") if r["status"] != "ok")
+    progress = report.Progress(setup.settings.trials, done=done, failed=failed,
+                               enabled=not (opts.get("no_progress") or opts.get("quiet")))
+    listeners: list = [progress, _refresh_files(store, out, setup)]
+    tb = None
+    if not opts.get("no_tensorboard"):
+        from nas.tb import TBLogger
+        tb = TBLogger(out)
+        listeners.append(tb)
+    loop = SearchLoop(store, setup.space, controller, setup.settings, reference=setup.reference,
+                      listeners=listeners)
+    if loop.best() is not None:
+        progress.best = loop.best()["reward"]
+    _log(opts, f"search: target {setup.settings.target / 1e6:g}M MACs, {opts['controller']} controller, "
+               f"{setup.settings.trials} trials on {len(setup.slots)} {setup.slots[0].split(':')[0]} worker(s), "
+               f"{setup.budget.dataset} at {setup.budget.resolution}px for {setup.budget.epochs:g} epoch(s); "
+               f"out: {out}" + (f" (resumed at {done} trials)" if opts.get("resume") else ""))
+    interrupted = False
+    old_term = signal.signal(signal.SIGTERM, _sigterm) if _main_thread() else None
+    try:
+        if opts["engine"] == "nni":
+            from nas import engine_nni
+            _run_nni(engine_nni, {"source": loop, "eval_ctx": setup.ctx, "space": setup.space, "controller": controller,
+                            "budget": setup.budget, "target": setup.settings.target, "alpha": opts["alpha"],
+                            "beta": opts["beta"], "trials": setup.settings.trials, "out_dir": str(out),
+                            "args": _namespace({**opts, "workers": len(setup.slots)}), "evaluator": opts["evaluator"],
+                            "log": lambda m: _log(opts, m)})
+            loop.reload()
+        else:
+            grace = min(30.0, 0.25 * float(opts["trial_timeout"]))
+            engine = LocalEngine(setup.slots, trial_timeout=float(opts["trial_timeout"]) + grace)
+            engine.run(loop, setup.ctx)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        progress.close()
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    rows = store.trials()
+    best = loop.best()
+    reference = store.trial("reference", 0)
+    _write_outputs(store, out, setup, best, reference)
+    if interrupted:
+        if tb:
+            tb.close()
+        print(f"{PROG}: interrupted; {store.count('search')}/{setup.settings.trials} trials are stored. "
+              f"Continue with: python -m nas.search --resume --out {out}", file=sys.stderr)
+        return 130
+    family = None
+    if best is not None and not opts.get("no_scale"):
+        family = _hand_off(setup, store, best)
+    if tb:
+        tb.close({k: v for k, v in opts.items()
+                  if (k in cfg.IDENTITY or k in ("trials", "workers")) and k != "space_text"},
+                 {"best/reward": best and best["reward"], "best/accuracy": best and best["accuracy"]})
+    counts = {"trained": store.count("search"), "cost-only": store.count("search", ("cost-only",)),
+              "cache": store.count("search", ("cache",)),
+              "failed": sum(1 for r in rows if r["kind"] == "search" and r["source"] == "trained" and r["status"] != "ok")}
+    store.set_meta("state", "finished")
+    print(report.summary_table(best, reference, counts, setup.settings.target, time.time() - t0, out, family,
+                               loop.stop_reason))
+    if best is None:
+        print(f"{PROG}: no trial finished ok, so there is no B0 (see {out}/trials.csv)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _refresh_files(store: Any, out: Path, setup: Setup):
+    """Listener: keep trials.csv and best.yaml current after every trial (cheap, atomic)."""
+    from nas import report
+    from nas.engine import best_trial
+
+    def listener(rec: dict) -> None:
+        rows = store.trials()
+        report.write_trials_csv(rows, out / "trials.csv")
+        best = best_trial(r for r in rows if r["kind"] == "search")
+        if best is not None and rec.get("id") == best.get("id"):
+            report.write_best(best, out, setup.settings.target_resolution)
+    return listener
+
+
+def _write_outputs(store: Any, out: Path, setup: Setup, best: Optional[dict], reference: Optional[dict]) -> None:
+    from nas import report
+    rows = store.trials()
+    report.write_trials_csv(rows, out / "trials.csv")
+    if best is not None:
+        report.write_best(best, out, setup.settings.target_resolution)
+    try:
+        report.plot_pareto([r for r in rows if r["kind"] == "search"], out / "pareto.png", setup.settings.target,
+                           setup.settings.alpha, setup.settings.beta, best, reference, setup.settings.cost_window)
+    except Exception as exc:  # noqa: BLE001 - a plot must not lose a finished search
+        print(f"warning: pareto.png not written ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+
+def _hand_off(setup: Setup, store: Any, best: dict) -> Optional[list]:
+    """B0 -> (optional grid search of alpha/beta/gamma) -> B1..B7 under out/family/."""
+    from nas import report
+    opts = setup.opts
+    out = Path(opts["out"])
+    b0 = report.best_spec(best, setup.settings.target_resolution)
+    a, b, g = float(opts["alpha_scale"]), float(opts["beta_scale"]), float(opts["gamma_scale"])
+    try:
+        if opts.get("scale_grid"):
+            a, b, g = _grid(setup, store, b0)
+        from scaling.family import derive_to_dir
+        return derive_to_dir(b0, out / "family", a, b, g, setup.phis)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the search result stands even if scaling fails
+        print(f"warning: family not derived ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+              file=sys.stderr)
+        return None
+
+
+def _grid(setup: Setup, store: Any, b0: Any) -> tuple[float, float, float]:
+    """scaling.grid with the search's evaluate and engine; resumable through the store."""
+    from nas.engine import BatchSource
+    from nas.engine_local import LocalEngine
+    from scaling.grid import grid_candidates, grid_search, save_grid_table
+
+    def evaluate(specs: list) -> list:
+        source = BatchSource(store, specs, kind="grid", target=setup.settings.target,
+                             alpha=setup.settings.alpha, beta=setup.settings.beta)
+        grace = min(30.0, 0.25 * float(setup.opts["trial_timeout"]))
+        LocalEngine(setup.slots, trial_timeout=float(setup.opts["trial_timeout"]) + grace).run(source, setup.ctx)
+        return source.results()
+
+    result = grid_search(b0, evaluate, grid_candidates(float(setup.opts["grid_step"]),
+                                                       tol=float(setup.opts["grid_tol"])))
+    rows = [{k: v for k, v in r.items() if k != "spec"} for r in result.rows]
+    (Path(setup.opts["out"]) / "grid").mkdir(parents=True, exist_ok=True)
+    save_grid_table(rows, Path(setup.opts["out"]) / "grid")
+    if result.best is None:
+        print("warning: no grid candidate trained ok; using the default coefficients", file=sys.stderr)
+        return float(setup.opts["alpha_scale"]), float(setup.opts["beta_scale"]), float(setup.opts["gamma_scale"])
+    return result.best["alpha"], result.best["beta"], result.best["gamma"]
+
+
+def _run_nni(engine_nni: Any, ctx: dict) -> None:
+    try:
+        engine_nni.run(ctx)
+    except (UserError, KeyboardInterrupt, EngineError):
+        raise
+    except RuntimeError as exc:  # e.g. the NNI watchdog: one line, the store stays resumable
+        raise EngineError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+
+def _namespace(opts: dict) -> Any:
+    import argparse
+    return argparse.Namespace(**{k: v for k, v in opts.items() if not k.startswith("_")})
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit status (2 for bad input)."""
+    try:
+        return run(argv)
+    except UserError as exc:
+        print(f"{PROG}: error: {str(exc).splitlines()[0] if str(exc) else 'bad input'}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except EngineError as exc:
+        print(f"{PROG}: engine stopped: {exc} (the run can be continued with --resume)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

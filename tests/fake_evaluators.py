@@ -1,0 +1,72 @@
+"""Evaluators that train nothing, for engine and CLI tests (importable by spawned workers).
+
+All share `evaluate(spec, budget, target, alpha, beta)`. Accuracy is a hash of the
+architecture's key, so results are deterministic and belong visibly to their spec.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+from nas.result import TrialResult
+
+# What `mixed` does with an architecture, by its key's hash (see `behaviour`).
+BEHAVIOURS = ("raise", "nan", "hang", "exit", "ok", "ok", "ok", "ok")
+
+
+def key_hash(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+
+
+def accuracy_of(key: str) -> float:
+    return 0.1 + 0.85 * (key_hash(key) % 10_000) / 10_000
+
+
+def behaviour(key: str) -> str:
+    return BEHAVIOURS[key_hash(key) % len(BEHAVIOURS)]
+
+
+def ok(spec, budget, target, alpha=-0.07, beta=-0.07):
+    """Deterministic accuracy; sleeps EFFNAS_FAKE_SLEEP seconds (default 0) first."""
+    delay = float(os.environ.get("EFFNAS_FAKE_SLEEP", "0") or 0)
+    if delay:
+        time.sleep(delay)
+    acc = accuracy_of(spec.key())
+    return TrialResult(status="ok", accuracy=acc, epoch_accuracies=[acc / 2, acc], wall_time=delay)
+
+
+def noop(spec, budget, target, alpha=-0.07, beta=-0.07):
+    """Does no work at all (engine overhead)."""
+    return TrialResult(status="ok", accuracy=0.5)
+
+
+def raises(spec, budget, target, alpha=-0.07, beta=-0.07):
+    raise RuntimeError("injected failure")
+
+
+def nan(spec, budget, target, alpha=-0.07, beta=-0.07):
+    return TrialResult(status="ok", accuracy=float("nan"))
+
+
+def hang(spec, budget, target, alpha=-0.07, beta=-0.07):
+    time.sleep(600)
+
+
+def exits(spec, budget, target, alpha=-0.07, beta=-0.07):
+    os._exit(3)
+
+
+def mixed(spec, budget, target, alpha=-0.07, beta=-0.07):
+    """raise / NaN / hang / os._exit / ok, chosen by the architecture's key."""
+    return {"raise": raises, "nan": nan, "hang": hang, "exit": exits, "ok": ok}[behaviour(spec.key())](
+        spec, budget, target, alpha, beta)
+
+
+def by_name(spec, budget, target, alpha=-0.07, beta=-0.07):
+    """The behaviour named by `spec.name` (`sleep0.5` sleeps, then ok; ok when unnamed)."""
+    if spec.name.startswith("sleep"):
+        time.sleep(float(spec.name[5:]))
+        return ok(spec, budget, target, alpha, beta)
+    fn = {"raise": raises, "nan": nan, "hang": hang, "exit": exits}.get(spec.name, ok)
+    return fn(spec, budget, target, alpha, beta)

@@ -1,0 +1,293 @@
+"""Controllers: ask/tell protocol, de-duplication, learning, exact resume, failures."""
+from __future__ import annotations
+
+import pickle
+import random
+
+import pytest
+import torch
+
+from controllers import (RLController, RandomSearch, RegularizedEvolution, SpaceExhausted,
+                         make)
+from search_space import Decision
+
+SIZES = [3, 2, 3, 2, 3, 3, 2, 4]
+SMALL = {"evolution": {"population_size": 8, "sample_size": 3}, "rl": {"batch_size": 4},
+         "random": {}}
+NAMES = ["random", "evolution", "rl"]
+
+
+def zeros_reward(choices):
+    """Toy objective: the fraction of decisions taking choice 0."""
+    return sum(c == 0 for c in choices) / len(choices)
+
+
+def test_make_builds_each_and_names_the_choices_for_unknown():
+    assert isinstance(make("random", SIZES), RandomSearch)
+    assert isinstance(make("evolution", SIZES), RegularizedEvolution)
+    assert isinstance(make("rl", SIZES), RLController)
+    with pytest.raises(ValueError, match="evolution, random, rl"):
+        make("bayes", SIZES)
+
+
+def test_decision_objects_and_ints_are_equivalent():
+    decisions = [Decision(f"d{i}", tuple(range(s))) for i, s in enumerate(SIZES)]
+    for name in NAMES:
+        a, b = make(name, decisions, seed=3), make(name, SIZES, seed=3)
+        assert [p.choices for p in a.ask_batch(5)] == [p.choices for p in b.ask_batch(5)]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_choices_in_range_and_seed_controls_the_sequence(name):
+    a, b, c = (make(name, SIZES, seed=s, **SMALL[name]) for s in (1, 1, 2))
+    seq = []
+    for ctl in (a, b, c):
+        props = []
+        for _ in range(12):
+            p = ctl.ask()
+            ctl.tell(p, zeros_reward(p.choices))
+            props.append(p.choices)
+        seq.append(props)
+    assert seq[0] == seq[1] and seq[0] != seq[2]
+    for choices in seq[0]:
+        assert len(choices) == len(SIZES)
+        assert all(0 <= k < s for k, s in zip(choices, SIZES))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_asks_told_out_of_order_and_bad_tells_rejected(name):
+    ctl = make(name, SIZES, seed=0, **SMALL[name])
+    for _ in range(3):
+        batch = ctl.ask_batch(6)
+        assert len({p.id for p in batch}) == 6
+        random.Random(1).shuffle(batch)
+        for p in batch:
+            ctl.tell(p, zeros_reward(p.choices))
+    p = ctl.ask()
+    ctl.tell(p, 0.5)
+    with pytest.raises(ValueError, match="already told"):
+        ctl.tell(p, 0.5)
+    with pytest.raises(ValueError, match="already told"):
+        ctl.tell_failure(p, "failed")
+    q = ctl.ask()
+    forged = type(q)(q.id + 1000, q.choices)
+    with pytest.raises(ValueError, match="unknown"):
+        ctl.tell(forged, 0.1)
+    with pytest.raises(ValueError, match="finite"):
+        ctl.tell(q, float("nan"))
+    ctl.tell(q, 0.1)  # the rejected NaN left q pending
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_failures_do_not_crash(name):
+    ctl = make(name, SIZES, seed=0, **SMALL[name])
+    for i in range(40):
+        batch = ctl.ask_batch(3)
+        ctl.tell_failure(batch[0], "oom")
+        ctl.tell(batch[1], zeros_reward(batch[1].choices))
+        ctl.tell_failure(batch[2], "diverged")
+    assert ctl.n_failed == 80 and ctl.n_told == 40
+
+
+def test_evolution_failures_stay_out_of_population_and_are_not_reproposed():
+    evo = RegularizedEvolution(SIZES, seed=0, population_size=8, sample_size=3)
+    failed, asked = set(), set()
+    for i in range(60):
+        p = evo.ask()
+        assert p.choices not in asked
+        asked.add(p.choices)
+        if i % 3 == 0:
+            evo.tell_failure(p, "failed")
+            failed.add(p.choices)
+        else:
+            evo.tell(p, zeros_reward(p.choices))
+    assert not failed & {c for c, _ in evo.population}
+    assert len(evo.population) == 8
+
+
+def test_rl_failure_reward_defaults_to_lowest_seen():
+    rl = RLController(SIZES, seed=0, batch_size=100)
+    p, q, f = rl.ask(), rl.ask(), rl.ask()
+    rl.tell(p, 0.9)
+    rl.tell(q, 0.4)
+    rl.tell_failure(f, "timeout")
+    assert rl.min_reward == 0.4
+    # baseline after rewards 0.9, 0.4 and the failure's 0.4 (decay 0.95)
+    b = 0.9
+    for r in (0.4, 0.4):
+        b = 0.95 * b + 0.05 * r
+    assert rl.baseline == pytest.approx(b)
+    rl2 = RLController(SIZES, seed=0, batch_size=100, failure_reward=-1.0)
+    rl2.tell_failure(rl2.ask(), "failed")
+    assert rl2.baseline == -1.0
+
+
+def test_evolution_never_reproposes_over_300_asks():
+    sizes = [3, 3, 3, 2, 2, 2, 2]  # 432 architectures
+    evo = RegularizedEvolution(sizes, seed=5, population_size=20, sample_size=5)
+    seen = set()
+    mutations = 0
+    for _ in range(50):
+        batch = evo.ask_batch(6)
+        for p in batch:
+            assert p.choices not in seen
+            seen.add(p.choices)
+            mutations += evo.ledger.check(p) == "mutation"
+        random.Random(0).shuffle(batch)
+        for p in batch:
+            evo.tell(p, zeros_reward(p.choices))
+    assert len(seen) == 300 and mutations > 200
+
+
+def test_evolution_mutates_exactly_one_decision_of_a_member():
+    evo = RegularizedEvolution(SIZES, seed=2, population_size=10, sample_size=4)
+    members = set()
+    for _ in range(80):
+        p = evo.ask()
+        if evo.ledger.check(p) == "mutation":
+            assert any(sum(a != b for a, b in zip(p.choices, m)) == 1 for m in members)
+        evo.tell(p, zeros_reward(p.choices))
+        members |= {c for c, _ in evo.population}
+
+
+def test_evolution_mutates_after_s_random_members_then_grows_and_ages():
+    """Default: S random proposals, then children; the population grows to P, then ages."""
+    for initial, expected_random in ((None, 3), (8, 8)):
+        evo = RegularizedEvolution(SIZES, seed=1, population_size=8, sample_size=3,
+                                   initial_random=initial)
+        origins, told = [], []
+        for _ in range(30):
+            p = evo.ask()
+            origins.append(evo.ledger.check(p))
+            evo.tell(p, zeros_reward(p.choices))
+            told.append(p.choices)
+            assert len(evo.population) == min(len(told), 8)
+        assert origins[:expected_random] == ["random"] * expected_random
+        assert origins[expected_random] == "mutation"
+        assert [c for c, _ in evo.population] == told[-8:]  # the oldest were removed
+    with pytest.raises(ValueError):
+        RegularizedEvolution(SIZES, population_size=8, sample_size=3, initial_random=9)
+
+
+def test_evolution_and_unique_random_exhaust_with_key_fn():
+    key = lambda c: tuple(sorted(c))  # noqa: E731  (merges permutations: 10 keys for [3,3,3])
+    for ctl in (RegularizedEvolution([3, 3, 3], seed=0, population_size=4, sample_size=2,
+                                     key_fn=key),
+                RandomSearch([3, 3, 3], seed=0, key_fn=key)):
+        keys = set()
+        for _ in range(10):
+            p = ctl.ask()
+            assert key(p.choices) not in keys
+            keys.add(key(p.choices))
+            ctl.tell(p, zeros_reward(p.choices))
+        with pytest.raises(SpaceExhausted):
+            ctl.ask()
+
+
+def test_rl_probability_of_the_dominant_choice_rises():
+    sizes = [3] * 10
+    rl = RLController(sizes, seed=0)
+    before = sum(p[0] for p in rl.choice_probs()) / len(sizes)
+    for _ in range(300):
+        p = rl.ask()
+        rl.tell(p, zeros_reward(p.choices))
+    after = sum(p[0] for p in rl.choice_probs()) / len(sizes)
+    assert before < 0.4 and after > 0.6, (before, after)
+
+
+def test_rl_leaves_the_global_torch_rng_alone():
+    state = torch.get_rng_state()
+    rl = RLController(SIZES, seed=0, batch_size=2)
+    for _ in range(4):
+        p = rl.ask()
+        rl.tell(p, 1.0)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_exact_resume_with_pending_proposals(name):
+    def drive(ctl, pending, rounds, seed):
+        """Tell the pending ones shuffled, then batch-ask/tell, leaving 2 pending."""
+        rng = random.Random(seed)
+        out = []
+        for r in range(rounds):
+            batch = pending + ctl.ask_batch(5)
+            rng.shuffle(batch)
+            pending = batch[:2]
+            for i, p in enumerate(batch[2:]):
+                if (r + i) % 7 == 3:
+                    ctl.tell_failure(p, "failed")
+                else:
+                    ctl.tell(p, zeros_reward(p.choices) + 0.01 * i)
+            out += [(p.id, p.choices) for p in batch]
+        return out, pending
+
+    a = make(name, SIZES, seed=7, **SMALL[name])
+    _, pending = drive(a, [], 6, seed=0)
+    state = pickle.loads(pickle.dumps(a.state_dict()))
+    b = make(name, SIZES, seed=99, **SMALL[name])  # another seed: the state must override it
+    b.load_state_dict(state)
+    cont_a, _ = drive(a, list(pending), 8, seed=1)
+    cont_b, _ = drive(b, list(pending), 8, seed=1)
+    assert cont_a == cont_b
+    assert len(set(cont_a)) > 10
+    if name == "rl":
+        assert a.n_updates == b.n_updates > 5
+        assert a.choice_probs() == b.choice_probs()
+
+
+def test_load_state_refuses_another_kind_or_space():
+    state = make("random", SIZES).state_dict()
+    with pytest.raises(ValueError, match="not 'evolution'"):
+        make("evolution", SIZES).load_state_dict(state)
+    with pytest.raises(ValueError, match="sizes"):
+        make("random", [2, 2]).load_state_dict(state)
+
+
+def test_every_proposal_decodes_to_a_valid_spec():
+    from search_space.space import SearchSpace
+    space = SearchSpace.default()
+    for name in NAMES:
+        kwargs = {"key_fn": space.key} if name == "evolution" else {}
+        ctl = make(name, space.decisions, seed=0, **kwargs)
+        for _ in range(25):
+            p = ctl.ask()
+            spec = space.decode(p.choices)
+            assert spec.blocks, spec
+            ctl.tell(p, float(len(spec.blocks)))
+
+
+def _bench_module():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "bench" / "controllers.py"
+    spec = importlib.util.spec_from_file_location("bench_controllers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_rejects_bad_options_with_status_2(capsys):
+    bench = _bench_module()
+    for argv in (["--budgets", "x"], ["--methods", "bayes"], ["--seeds", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            bench.parse(argv)
+        assert exc.value.code == 2
+        assert "error:" in capsys.readouterr().err
+
+
+def test_bench_objective_is_deterministic_cached_and_penalises_macs():
+    from search_space.space import SearchSpace
+    bench = _bench_module()
+    space = SearchSpace.default()
+    objective = bench.Objective(space, bench.mnist_batch(8))
+    choices = space.sample(random.Random(0))
+    first = objective(choices)
+    assert objective(choices) == first and len(objective.cache) == 1
+    fresh = bench.Objective(space, bench.mnist_batch(8))
+    # same init seed, same images; float32 rounding may flip a near-zero unit's sign
+    assert fresh(choices) == pytest.approx(first, rel=1e-4)
+    score = bench.naswot(space.decode(choices), bench.mnist_batch(8))
+    macs = bench.cost.macs(space.decode(choices), 224)
+    assert score > 0
+    assert first == pytest.approx(score * (macs / 400e6) ** -0.07, rel=1e-4)

@@ -1,0 +1,163 @@
+"""Proxy datasets: offline built-ins, CIFAR batches, ImageFolder, split, augmentation, errors."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from nas import data as D
+from nas.budget import ProxyBudget
+from nas.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return D.load("mnist5k", resolution=32, seed=0)
+
+
+def test_mnist5k_is_real_stratified_and_normalized(mnist):
+    assert mnist.num_classes == 10 and not mnist.flip
+    assert mnist.train_x.shape == (4000, 3, 32, 32) and mnist.val_x.shape == (1000, 3, 32, 32)
+    # Grayscale replicated to three identical channels.
+    assert torch.equal(mnist.train_x[:, 0], mnist.train_x[:, 1])
+    # 500 images per digit -> exactly 100 per digit held out.
+    assert torch.bincount(mnist.val_y, minlength=10).tolist() == [100] * 10
+    assert abs(float(mnist.train_x.mean())) < 0.05 and abs(float(mnist.train_x.std()) - 1) < 0.05
+    # Real digits: the centre of an image is brighter than its border on average.
+    assert float(mnist.train_x[:, 0, 12:20, 12:20].mean()) > float(mnist.train_x[:, 0, :3, :].mean()) + 0.5
+
+
+def test_load_is_cached_per_key(mnist):
+    assert D.load(ProxyBudget(dataset="mnist5k", resolution=32, seed=0)) is mnist
+    other = D.load("mnist5k", resolution=32, seed=1)
+    assert other is not mnist
+    assert not torch.equal(other.val_y, mnist.val_y) or not torch.equal(other.val_x, mnist.val_x)
+
+
+def test_split_is_disjoint_seeded_and_stratified():
+    labels = np.repeat(np.arange(3), [10, 20, 1])
+    train, val = D.split(labels, 0.2, seed=5)
+    assert set(train).isdisjoint(val) and sorted(np.concatenate([train, val])) == list(range(31))
+    assert np.bincount(labels[val], minlength=3).tolist() == [2, 4, 0]
+    again = D.split(labels, 0.2, seed=5)
+    assert all(np.array_equal(a, b) for a, b in zip((train, val), again))
+    assert not np.array_equal(D.split(labels, 0.2, seed=6)[1], val)
+
+
+def test_training_part_is_mixed_even_when_the_file_is_sorted(mnist):
+    # mnist_5k.csv.gz is ordered by digit; the first 200 training images must not be.
+    assert len(torch.unique(mnist.train_y[:200])) == 10
+
+
+def test_digits_from_sklearn_file():
+    d = D.load("digits", resolution=16, seed=0, val_fraction=0.25)
+    assert d.num_classes == 10 and d.train_x.shape[1:] == (3, 16, 16)
+    assert d.train_x.shape[0] + d.val_x.shape[0] == 1797
+
+
+def test_batches_are_seeded_and_crops_are_translations(mnist):
+    a = list(mnist.batches(256, torch.Generator().manual_seed(3)))
+    b = list(mnist.batches(256, torch.Generator().manual_seed(3)))
+    c = next(mnist.batches(256, torch.Generator().manual_seed(4)))
+    assert len(a) == 4000 // 256
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    assert not torch.equal(a[0][1], c[1])
+    # Every augmented image is the replicate-padded original shifted by at most `pad` pixels.
+    x = mnist.train_x[:8]
+    out = mnist.augment(x, torch.Generator().manual_seed(0))
+    p = mnist.pad
+    padded = torch.nn.functional.pad(x, (p, p, p, p), mode="replicate")
+    shifts = []
+    for i in range(8):
+        found = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
+                 if torch.equal(out[i], padded[i, :, dy:dy + 32, dx:dx + 32])]
+        assert found, "augmented image is not a crop of the padded original"
+        shifts.append(found[0])
+    assert len(set(shifts)) > 1
+
+
+def test_flip_only_where_labels_survive(tmp_path):
+    _write_cifar10(tmp_path, per_batch=8)
+    cifar = D.load("cifar10", data_dir=str(tmp_path), resolution=8, seed=0)
+    assert cifar.flip and not D.load("digits", resolution=8).flip
+    x = cifar.train_x[:64]
+    no_crop = D.ProxyData(**{**cifar.__dict__, "pad": 0})
+    out = no_crop.augment(x, torch.Generator().manual_seed(0))
+    flipped = [torch.equal(out[i], x[i].flip(2)) and not torch.equal(x[i], x[i].flip(2)) for i in range(len(x))]
+    kept = [torch.equal(out[i], x[i]) for i in range(len(x))]
+    assert all(f or k for f, k in zip(flipped, kept)) and 10 < sum(flipped) < 54
+
+
+def _write_cifar10(root, per_batch=4):
+    rng = np.random.default_rng(0)
+    for i in range(1, 6):
+        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 b"labels": [int(v) for v in rng.integers(0, 10, per_batch)]}
+        (root / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
+
+
+def test_cifar10_and_cifar100_python_batches(tmp_path):
+    _write_cifar10(tmp_path, per_batch=20)
+    d = D.load("cifar10", data_dir=str(tmp_path), resolution=16, seed=0)
+    assert d.train_x.shape[0] + d.val_x.shape[0] == 100 and d.train_x.shape[1:] == (3, 16, 16)
+    sub = tmp_path / "c100" / "cifar-100-python"
+    sub.mkdir(parents=True)
+    labels = [i % 5 for i in range(30)]
+    (sub / "train").write_bytes(pickle.dumps({b"data": np.zeros((30, 3072), np.uint8), b"fine_labels": labels}))
+    d100 = D.load("cifar100", data_dir=str(tmp_path / "c100"), resolution=32)
+    assert d100.num_classes == 5 and d100.val_x.shape[0] == 5
+
+
+def _png_folder(root, classes, n=5):
+    Image = pytest.importorskip("PIL.Image")
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            size = (20 + 3 * i, 14 + i)
+            Image.new("RGB", size, (200 * c, 30 * i, 100)).save(root / name / f"{i}.png")
+
+
+def test_imagefolder(tmp_path):
+    _png_folder(tmp_path, ["cat", "dog", "eel"])
+    (tmp_path / "notes.txt").write_text("ignored")
+    d = D.load("imagefolder", data_dir=str(tmp_path), resolution=12, seed=0)
+    assert d.num_classes == 3 and d.flip
+    assert d.train_x.shape == (12, 3, 12, 12) and d.val_x.shape == (3, 3, 12, 12)
+
+
+@pytest.mark.parametrize("name, setup, message", [
+    ("cifar10", None, "--data-dir is required"),
+    ("cifar10", "missing", "no such folder"),
+    ("cifar10", "empty", "folder is empty"),
+    ("cifar10", "junk", "not a cifar10 python-batches folder"),
+    ("cifar100", "junk", "not a cifar100 python-batches folder"),
+    ("imagefolder", "junk", "not an ImageFolder layout"),
+    ("imagefolder", "one", "only one class"),
+    ("imagefolder", "empty", "folder is empty"),
+    ("svhn", None, "expected one of"),
+])
+def test_bad_input_is_one_line(tmp_path, name, setup, message):
+    data_dir = None
+    if setup == "missing":
+        data_dir = str(tmp_path / "nope")
+    elif setup == "empty":
+        data_dir = str(tmp_path)
+    elif setup == "junk":
+        (tmp_path / "readme.txt").write_text("x")
+        data_dir = str(tmp_path)
+    elif setup == "one":
+        _png_folder(tmp_path, ["only"])
+        data_dir = str(tmp_path)
+    with pytest.raises(UserError) as info:
+        D.load(name, data_dir=data_dir)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bad_numbers_and_device():
+    with pytest.raises(UserError, match="val_fraction"):
+        D.load("mnist5k", val_fraction=1.0)
+    with pytest.raises(UserError, match="resolution"):
+        D.load("mnist5k", resolution=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            D.load("mnist5k", device="cuda")

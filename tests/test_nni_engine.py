@@ -1,0 +1,350 @@
+"""The NNI engine, for real: a local-service experiment on loopback, records checked
+against what each trial trained, clean stop on SIGTERM, resume, and the tuner's
+defences against NNI's parameter/result mix-ups.
+
+The evaluator is `nas.nni_trial:hash_evaluate(_jitter)`: accuracy is a hash of the
+architecture's key, so any record whose accuracy != f(its key) was misattributed.
+HOME points to a temporary folder (NNI writes a manifest under ~/nni-experiments).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from controllers.random import RandomSearch
+from nas import engine_nni
+from nas.budget import ProxyBudget
+from nas.engine import EvalContext, LoopSettings, SearchLoop
+from nas.errors import UserError
+from nas.nni_trial import hash_accuracy, run_trial
+from nas.store import Store
+from search_space.space import SearchSpace
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = 400_000_000
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+
+
+def _loop(out: Path, trials: int, create: bool = True):
+    space = SearchSpace.default()
+    store = Store.create(out, {"test": "nni"}) if create else Store.open(out)
+    ctrl = RandomSearch(space.decisions, seed=3, key_fn=space.key)
+    loop = SearchLoop(store, space, ctrl, LoopSettings(target=TARGET, trials=trials, cost_window=(0.0, 1e9)))
+    return space, store, loop
+
+
+def _ctx(evaluator: str = "nas.nni_trial:hash_evaluate_jitter") -> EvalContext:
+    return EvalContext(budget=ProxyBudget(), target=TARGET, evaluator=evaluator)
+
+
+def _nni_processes(out: Path) -> list:
+    """Processes of this test's experiment still alive (manager, dispatcher, trials)."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            text = " ".join(p.info["cmdline"] or []) + " " + (p.info["cwd"] or "")
+        except (psutil.Error, TypeError):
+            continue
+        if str(out) in text and p.pid != os.getpid() and p.status() != psutil.STATUS_ZOMBIE:
+            found.append(p)
+    return found
+
+
+def _listening(port: int) -> list[str]:
+    return [c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port]
+
+
+def _check_records(space, store, trials: int) -> list[dict]:
+    rows = store.trials("search")
+    assert len(rows) == trials
+    assert len({r["proposal_id"] for r in rows}) == trials          # none repeated
+    assert store.pending() == []
+    for r in rows:
+        assert r["status"] == "ok", r["message"]
+        spec = space.decode(r["choices"], num_classes=1000, resolution=224)
+        assert r["key"] == spec.key()                                  # choices, key, spec agree
+        assert r["spec"] == spec.to_dict()
+        assert r["accuracy"] == pytest.approx(hash_accuracy(r["key"]), abs=1e-12)  # its own accuracy
+        assert r["worker"].startswith("nni:")
+    return rows
+
+
+def test_real_experiment_records_match_what_each_trial_trained(tmp_path):
+    out = tmp_path / "run"
+    space, store, loop = _loop(out, trials=6)
+    port = engine_nni.free_port()
+    seen_bind: list[list[str]] = []
+    loop.listeners.append(lambda rec: seen_bind.append(_listening(port)))
+    engine = engine_nni.NniEngine(concurrency=3, port=port, watchdog=90, log=lambda m: None)
+    engine.run(loop, _ctx())
+    assert engine.experiment_id and engine.url == f"http://127.0.0.1:{port}"
+    _check_records(space, store, 6)
+    # the web UI listened on loopback only while the experiment ran
+    assert seen_bind and all(addrs and set(addrs) <= {"127.0.0.1"} for addrs in seen_bind), seen_bind
+    # experiment files live under --out, and nothing of NNI survives
+    assert (out / "nni" / "experiments" / engine.experiment_id / "log").is_dir()
+    assert _nni_processes(out) == []
+    assert _listening(port) == []
+
+
+DRIVER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    sys.path.insert(0, {tests!r})
+    from test_nni_engine import _loop, _ctx
+    from nas.engine_nni import NniEngine
+    from pathlib import Path
+    space, store, loop = _loop(Path({out!r}), trials=6, create={create})
+    NniEngine(concurrency=1, port={port}, watchdog=90).run(loop, _ctx())
+""")
+
+
+def test_sigterm_stops_cleanly_and_resume_finishes_without_repeats(tmp_path):
+    out = tmp_path / "run"
+    port = engine_nni.free_port()
+    script = DRIVER.format(root=str(ROOT), tests=str(ROOT / "tests"), out=str(out), create=True, port=port)
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and proc.poll() is None:
+            if Store.is_run(out) and len(Store.open(out).trials()) >= 2:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[0][-2000:]
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and "interrupted" in output, output[-2000:]
+    assert _nni_processes(out) == [] and _listening(port) == []
+    with Store.open(out) as store:
+        before = {r["proposal_id"]: r for r in store.trials()}
+    assert 2 <= len(before) < 6
+
+    # --resume: a new experiment continues from the store
+    space, store, loop = _loop(out, trials=6, create=False)
+    engine_nni.NniEngine(concurrency=2, watchdog=90, log=lambda m: None).run(loop, _ctx())
+    rows = _check_records(space, store, 6)
+    after = {r["proposal_id"]: r for r in rows}
+    for pid, rec in before.items():  # finished trials kept as they were, not rerun
+        assert after[pid] == rec
+    assert _nni_processes(out) == []
+
+
+# -- the tuner without NNI's manager: NNI's mix-ups fed in directly ---------------------------
+def _tuner(tmp_path, trials: int = 3):
+    from nas.nni_tuner import ControllerTuner, source_state
+
+    out = tmp_path / "run"
+    space, store, loop = _loop(out, trials=trials)
+    cls, state = source_state(loop)
+    session = tmp_path / "session.pkl"
+    session.write_bytes(pickle.dumps({"source_cls": cls, "source_state": state, "ctx": _ctx().to_dict(),
+                                      "out_dir": str(out), "token": "tok"}))
+    return space, store, ControllerTuner(session=str(session))
+
+
+def _report(params: dict) -> dict:
+    params = dict(params, ctx=dict(params["ctx"], evaluator="nas.nni_trial:hash_evaluate"))
+    return run_trial(params, lambda value: None)
+
+
+def test_tuner_records_by_what_the_trial_reports_not_by_nni_ids(tmp_path):
+    space, store, tuner = _tuner(tmp_path)
+    p0, p1, p2 = (tuner.generate_parameters(i) for i in range(3))
+    # NNI hands result of the trial that ran p1 under parameter id 0, and vice versa
+    tuner.receive_trial_result(0, p0, _report(p1))
+    tuner.receive_trial_result(1, p1, _report(p0))
+    bad = _report(p2)
+    tuner.receive_trial_result(2, p2, dict(bad, session="other-run"))   # stale session: ignored
+    assert len(store.trials()) == 2
+    tuner.receive_trial_result(2, p2, dict(bad, choices=p0["job"]["choices"]))  # claims another arch
+    tuner.receive_trial_result(2, p2, bad)                                   # duplicate: ignored
+    rows = {r["proposal_id"]: r for r in store.trials()}
+    assert len(rows) == 3
+    for p in (p0, p1):
+        job = p["job"]
+        assert rows[job["proposal_id"]]["accuracy"] == pytest.approx(hash_accuracy(job["key"]))
+    assert rows[p2["job"]["proposal_id"]]["status"] == "failed"
+    assert tuner.source.controller.ledger.pending == {}        # every proposal told exactly once
+    assert store.pending() == []
+
+
+def test_tuner_trial_end_failure_and_resume_requeues_pending(tmp_path):
+    import nni
+
+    space, store, tuner = _tuner(tmp_path, trials=3)
+    p0, p1 = tuner.generate_parameters(10), tuner.generate_parameters(11)
+    tuner.trial_end(10, success=False)                      # e.g. stopped by the assessor
+    tuner.trial_end(10, success=False)                      # repeated: nothing more
+    rows = store.trials()
+    assert [(r["proposal_id"], r["status"]) for r in rows] == [(p0["job"]["proposal_id"], "failed")]
+    # the dispatcher dies with p1 running; a new tuner re-issues p1 first (same proposal)
+    _, store2, tuner2 = _tuner_reopen(tmp_path)
+    again = tuner2.generate_parameters(0)
+    assert again["job"]["proposal_id"] == p1["job"]["proposal_id"]
+    assert again["job"]["choices"] == p1["job"]["choices"]
+    tuner2.receive_trial_result(0, again, _report(again))
+    p2 = tuner2.generate_parameters(1)
+    with pytest.raises(nni.NoMoreTrialError):               # budget of 3 reached
+        tuner2.generate_parameters(2)
+    tuner2.receive_trial_result(1, p2, _report(p2))
+    ids = [r["proposal_id"] for r in store2.trials()]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 3
+
+
+def _tuner_reopen(tmp_path):
+    from nas.nni_tuner import ControllerTuner, source_state
+
+    out = tmp_path / "run"
+    space, store, loop = _loop(out, trials=3, create=False)
+    cls, state = source_state(loop)
+    session = tmp_path / "session2.pkl"
+    session.write_bytes(pickle.dumps({"source_cls": cls, "source_state": state, "ctx": _ctx().to_dict(),
+                                      "out_dir": str(out), "token": "tok"}))
+    return space, store, ControllerTuner(session=str(session))
+
+
+def test_trial_failures_are_results_that_name_the_job():
+    out = run_trial({"job": {"kind": "search", "proposal_id": 7, "choices": [1], "key": "k", "spec": {}},
+                     "ctx": {}}, lambda v: None)
+    assert out["status"] == "failed" and out["proposal_id"] == 7 and out["default"] == 0.0 and out["message"]
+    assert run_trial(None, lambda v: None)["status"] == "failed"
+
+
+# -- configuration ------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, problem", [
+    ("trainingService: [", "not valid YAML"),
+    ("trialConcurrency: 2", "trainingService"),
+    ("trainingService: {gpuIndices: [0]}", "platform"),
+    ("trainingService: {platform: local}\ntuner: {name: TPE}", "'tuner'"),
+    ("- 1", "mapping"),
+])
+def test_bad_nni_config_is_one_line_user_error(tmp_path, text, problem):
+    path = tmp_path / "nni.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=problem) as info:
+        engine_nni.load_nni_config(str(path))
+    assert "\n" not in str(info.value)
+
+
+def test_config_checks_and_examples(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        engine_nni.load_nni_config(str(tmp_path / "missing.yaml"))
+    gpu = engine_nni.load_nni_config(str(ROOT / "examples" / "nni_local_gpu.yaml"))
+    cfg = engine_nni.build_config(gpu, code_dir=tmp_path, work_dir=tmp_path, session=tmp_path / "s",
+                                  concurrency=2, max_trials=5, assessor="medianstop")
+    assert cfg.training_service.use_active_gpu is not None and cfg.assessor.name == "Medianstop"
+    bad = {"trainingService": {"platform": "local"}, "trialGpuNumber": 1}
+    with pytest.raises(UserError, match="useActiveGpu"):
+        engine_nni.build_config(bad, code_dir=tmp_path, work_dir=tmp_path, session=tmp_path / "s",
+                                concurrency=1, max_trials=1, assessor="none")
+    remote = engine_nni.load_nni_config(str(ROOT / "examples" / "nni_remote.yaml"))
+    assert len(remote["trainingService"]["machineList"]) == 2
+    with pytest.raises(UserError, match="--nni-bind"):
+        engine_nni.NniEngine(nni_config=str(ROOT / "examples" / "nni_remote.yaml"))
+    with pytest.raises(UserError, match="concurrency"):
+        engine_nni.NniEngine(concurrency=0)
+
+
+# -- NNI's remote (SSH) training service, against an sshd on 127.0.0.1 -------------------------
+def _start_sshd(tmp_path: Path, port: int) -> subprocess.Popen:
+    d = tmp_path / "ssh"
+    d.mkdir()
+    for name in ("hostkey", "userkey"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
+    (d / "authorized_keys").write_text((d / "userkey.pub").read_text())
+    (d / "authorized_keys").chmod(0o600)
+    (d / "sshd_config").write_text(textwrap.dedent(f"""
+        ListenAddress 127.0.0.1
+        Port {port}
+        HostKey {d / 'hostkey'}
+        AuthorizedKeysFile {d / 'authorized_keys'}
+        PermitRootLogin prohibit-password
+        PasswordAuthentication no
+        StrictModes no
+        UsePAM no
+        PidFile {d / 'sshd.pid'}
+        Subsystem sftp /usr/lib/openssh/sftp-server
+        # NNI runs `pip install nni --upgrade` on every worker: keep it offline and pinned
+        SetEnv PIP_NO_INDEX=1
+    """))
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while not _listening(port) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    return proc
+
+
+@pytest.mark.skipif(not Path("/usr/sbin/sshd").exists() or os.geteuid() != 0,
+                    reason="needs root and Debian's openssh-server (apt-get install openssh-server)")
+def test_remote_training_service_over_ssh_on_loopback(tmp_path):
+    ssh_port = engine_nni.free_port()
+    sshd = _start_sshd(tmp_path, ssh_port)
+    out = tmp_path / "run"
+    cfg = tmp_path / "remote.yaml"
+    cfg.write_text(textwrap.dedent(f"""
+        nniManagerIp: 127.0.0.1
+        trainingService:
+          platform: remote
+          machines:
+            - host: 127.0.0.1
+              port: {ssh_port}
+              user: root
+              sshKeyFile: {tmp_path / 'ssh' / 'userkey'}
+              pythonPath: {Path(sys.executable).parent}
+    """))
+    engine = None
+    try:
+        assert sshd.poll() is None and _listening(ssh_port) == ["127.0.0.1"]
+        space, store, loop = _loop(out, trials=3)
+        engine = engine_nni.NniEngine(nni_config=str(cfg), concurrency=2, watchdog=90, log=lambda m: None)
+        engine.run(loop, _ctx("nas.nni_trial:hash_evaluate"))
+        _check_records(space, store, 3)
+        assert _nni_processes(out) == []
+    finally:
+        sshd.terminate()
+        sshd.wait(10)
+        if engine is not None and engine.experiment_id:  # the worker side lives in ~root/nni-experiments
+            import shutil
+            shutil.rmtree(Path(os.path.expanduser("~root")) / "nni-experiments" / engine.experiment_id,
+                          ignore_errors=True)
+
+
+def test_cli_engine_nni_hands_on_the_b0_it_recorded(tmp_path, capsys):
+    from nas.search import main
+    from search_space.spec import ArchSpec
+
+    out = tmp_path / "cli"
+    rc = main(["--target-flops", "400M", "--engine", "nni", "--concurrency", "2", "--trials", "3",
+               "--evaluator", "nas.nni_trial:hash_evaluate", "--reference", "none", "--no-scale",
+               "--no-progress", "--no-tensorboard", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0 and "web UI http://127.0.0.1:" in captured.out + captured.err
+    with Store.open(out) as store:
+        trained = store.trials("search", "trained")
+        assert len(trained) == 3
+        for r in trained:
+            assert r["accuracy"] == pytest.approx(hash_accuracy(r["key"]), abs=1e-12)
+        best = max(trained, key=lambda r: r["reward"])
+    assert ArchSpec.load(out / "best.yaml").key() == best["key"]
+    assert _nni_processes(out) == []

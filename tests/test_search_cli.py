@@ -1,0 +1,112 @@
+"""`python -m nas.search` end to end: outputs, --config merging, --help, injected failures
+at the search level, and one run with the real proxy trainer."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nas.search import main
+from nas.store import Store
+from search_space import cost
+from search_space.spec import ArchSpec
+from tests import fake_evaluators as fe
+
+FAST = ["--evaluator", "tests.fake_evaluators:ok", "--device", "cpu"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_outputs_of_a_search(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["--target-flops", "400M", "--trials", "8", "--workers", "2", "--out", str(out), *FAST])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    with Store.open(out) as st:
+        trained = st.trials("search", "trained")
+        reference = st.trial("reference", 0)
+        config = st.config
+    assert len(trained) == 8 and config["controller"] == "evolution" and config["target_flops"] == 400_000_000
+    best = max(trained, key=lambda r: r["reward"])
+    # best.yaml: the best trial's network, 1000 classes, target resolution, within the target
+    spec = ArchSpec.load(out / "best.yaml")
+    assert spec.key() == ArchSpec.from_dict(best["spec"]).key()
+    assert spec.num_classes == 1000 and spec.resolution == 224
+    assert cost.macs(spec, 224) == best["macs"] <= 400_000_000
+    assert "block_strings" in (out / "best.yaml").read_text()
+    # trials.csv: every record, with statuses and sources
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) == len(trained) + 1 + sum(1 for r in rows if r["source"] in ("cost-only", "cache"))
+    assert {r["kind"] for r in rows} == {"search", "reference"}
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((out / "tb").rglob("events.out.tfevents.*"))
+    # hand-off: B1..B7 derived from best.yaml
+    fam = sorted(p.name for p in (out / "family").glob("b*.yaml"))
+    assert fam == [f"b{i}.yaml" for i in range(8)]
+    b7 = ArchSpec.load(out / "family" / "b7.yaml")
+    assert b7.resolution > 224 and cost.macs(b7, b7.resolution) > 10 * best["macs"]
+    # summary: B0 beside EfficientNet-B0 under the same proxy budget, and the family table
+    assert "| B0 found |" in cap.out and "| EfficientNet-B0 |" in cap.out and "| b7 |" in cap.out
+    assert f"{reference['accuracy']:.4f}" in cap.out
+    assert "trials 8/8" in cap.err  # one progress line per trial when not a terminal
+    # a second run into the same folder is refused without --resume/--overwrite
+    assert main(["--target-flops", "400M", "--out", str(out), *FAST]) == 2
+
+
+def test_config_file_and_command_line_override(tmp_path, capsys):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("trials: 5\ncontroller: random\ncost-window: [0.25, 1.0]\nno_scale: true\n"
+                    "reference: none\nno-tensorboard: true\nseed: 4\n")
+    out = tmp_path / "run"
+    assert main(["--config", str(conf), "--target-flops", "0.3G", "--trials", "3", "--out", str(out), *FAST]) == 0
+    with Store.open(out) as st:
+        c = st.config
+        assert st.count("search") == 3  # command line wins over the file
+        assert st.trial("reference", 0) is None
+    assert c["controller"] == "random" and c["seed"] == 4 and c["target_flops"] == 300_000_000
+    assert c["cost_window"] == "0.25,1.0"
+    assert not (out / "family").exists() and not (out / "tb").exists()
+
+
+def test_injected_failures_are_recorded_and_the_search_finishes(tmp_path):
+    out = tmp_path / "run"
+    rc = main(["--target-flops", "400M", "--controller", "random", "--trials", "12", "--workers", "2",
+               "--trial-timeout", "1", "--evaluator", "tests.fake_evaluators:mixed", "--device", "cpu",
+               "--no-progress", "--quiet", "--no-scale", "--no-tensorboard", "--reference", "none",
+               "--out", str(out), "--seed", "1"])
+    assert rc == 0
+    with Store.open(out) as st:
+        rows = st.trials("search", "trained")
+    assert len(rows) == 12
+    want = {"raise": "failed", "nan": "diverged", "hang": "timeout", "exit": "failed", "ok": "ok"}
+    for r in rows:
+        assert r["status"] == want[fe.behaviour(r["key"])], r
+        assert (r["reward"] is None) == (r["status"] != "ok")
+    assert {r["status"] for r in rows} >= {"ok", "failed"}
+    assert len({fe.behaviour(r["key"]) for r in rows}) >= 3
+
+
+def test_real_proxy_training_tiny_budget(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["--target-flops", "400M", "--trials", "1", "--workers", "1", "--proxy-epochs", "0.05",
+               "--proxy-resolution", "32", "--device", "cpu", "--no-progress", "--no-scale", "--no-tensorboard",
+               "--out", str(out), "--cost-window", "0.5,1", "--reference", "none"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    with Store.open(out) as st:
+        (trial,) = st.trials("search", "trained")
+    assert trial["status"] == "ok" and 0 <= trial["accuracy"] <= 1 and trial["epoch_accuracies"]
+    assert trial["reward"] > 0 and trial["worker"] == "cpu-0"
+
+
+def test_help_lists_every_option_with_its_default():
+    proc = subprocess.run([sys.executable, "-m", "nas.search", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    for opt in ("--target-flops", "--reward", "--alpha", "--beta", "--controller", "--trials", "--workers",
+                "--device", "--dataset", "--data-dir", "--proxy-epochs", "--proxy-resolution",
+                "--target-resolution", "--space", "--config", "--out", "--seed", "--resume", "--engine",
+                "--trial-timeout", "--cost-window", "--no-scale", "--scale-grid"):
+        assert opt in text, opt
+    assert "(default: evolution" in text and "(default: runs/search)" in text and "(default: 224)" in text
