@@ -9,8 +9,11 @@ Learning: reward minus an exponential-moving-average baseline (decay 0.95) is th
 advantage; every `batch_size` told proposals, `ppo_epochs` Adam steps on the PPO
 clipped surrogate (clip 0.2) plus an entropy bonus. The "old" log-probability of a
 proposal is the one under the policy that sampled it, so proposals told late (after
-updates) are importance-weighted correctly. Failures count as reward
-`failure_reward` (default: the lowest reward seen so far, 0 before any).
+updates) are importance-weighted correctly. Defaults (batch 4, entropy weight 2e-2)
+suit budgets of hundreds of proposals: more updates early, no collapse onto a few
+architectures later (the entropy is summed over decisions; advantages are ~unit scale).
+Failures count as reward `failure_reward` (default: the lowest reward seen so far, 0
+before any).
 
 Sampling uses a private `torch.Generator`; weights are initialised from it too, so the
 global torch RNG and thread settings are never touched.
@@ -113,9 +116,9 @@ class RLController(Controller):
     """MnasNet/NASNet RL controller (LSTM policy + PPO); see the module docstring."""
 
     def __init__(self, decisions: Sequence[Any], seed: int = 0, hidden: int = 100,
-                 lr: float = 5e-3, batch_size: int = 8, ppo_epochs: int = 4,
-                 clip: float = 0.2, entropy_coef: float = 1e-3,
-                 baseline_decay: float = 0.95, normalize_advantage: bool = True,
+                 lr: float = 5e-3, batch_size: int = 4, ppo_epochs: int = 4,
+                 clip: float = 0.2, entropy_coef: float = 2e-2,
+                 baseline_decay: float = 0.95, normalize_advantage: Any = True,
                  failure_reward: Optional[float] = None, init_range: float = 0.1) -> None:
         super().__init__(decisions, seed)
         if batch_size < 1 or ppo_epochs < 1 or hidden < 1 or lr <= 0:
@@ -125,7 +128,12 @@ class RLController(Controller):
         self.batch_size, self.ppo_epochs = int(batch_size), int(ppo_epochs)
         self.clip, self.entropy_coef = float(clip), float(entropy_coef)
         self.baseline_decay = float(baseline_decay)
-        self.normalize_advantage = bool(normalize_advantage)
+        norm = {True: "batch", False: "none"}.get(normalize_advantage, normalize_advantage)
+        if norm not in ("batch", "running", "none"):
+            raise ValueError(f"normalize_advantage must be True/'batch', 'running' or False/'none', "
+                             f"got {normalize_advantage!r}")
+        self.normalize_advantage = norm
+        self.adv_sq: Optional[float] = None  # EMA of squared advantages ("running")
         self.failure_reward = failure_reward
         self.generator = torch.Generator().manual_seed(int(seed))
         self.policy = LSTMPolicy(self.sizes, int(hidden), self.generator, init_range)
@@ -160,6 +168,11 @@ class RLController(Controller):
             self.baseline = reward
         advantage = reward - self.baseline
         self.baseline = self.baseline_decay * self.baseline + (1 - self.baseline_decay) * reward
+        if self.normalize_advantage == "running" and advantage != 0.0:
+            d = self.baseline_decay
+            sq = advantage * advantage
+            self.adv_sq = sq if self.adv_sq is None else d * self.adv_sq + (1 - d) * sq
+            advantage /= self.adv_sq ** 0.5
         self.buffer.append((choices, old_logp, advantage))
         if len(self.buffer) >= self.batch_size:
             self._update()
@@ -169,7 +182,7 @@ class RLController(Controller):
         choices = torch.tensor([b[0] for b in self.buffer], dtype=torch.long)
         old_logp = torch.tensor([b[1] for b in self.buffer])
         adv = torch.tensor([b[2] for b in self.buffer])
-        if self.normalize_advantage and len(self.buffer) > 1:
+        if self.normalize_advantage == "batch" and len(self.buffer) > 1:
             adv = adv / (adv.std() + 1e-8)
         for _ in range(self.ppo_epochs):
             logp, entropy = self.policy.evaluate(choices)
@@ -190,7 +203,7 @@ class RLController(Controller):
                 "generator": self.generator.get_state().clone(),
                 "policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-                "ledger": self.ledger.state_dict(), "baseline": self.baseline,
+                "ledger": self.ledger.state_dict(), "baseline": self.baseline, "adv_sq": self.adv_sq,
                 "min_reward": self.min_reward, "buffer": [(list(c), lp, a) for c, lp, a in self.buffer],
                 "n_told": self.n_told, "n_failed": self.n_failed, "n_updates": self.n_updates}
 
@@ -201,6 +214,7 @@ class RLController(Controller):
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.ledger.load_state_dict(state["ledger"])
         self.baseline, self.min_reward = state["baseline"], state["min_reward"]
+        self.adv_sq = state["adv_sq"]
         self.buffer = [(tuple(c), float(lp), float(a)) for c, lp, a in state["buffer"]]
         self.n_told, self.n_failed, self.n_updates = state["n_told"], state["n_failed"], state["n_updates"]
 

@@ -5,6 +5,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+# The proxy datasets (`nas.data` loads them) and their class counts where fixed (an
+# ImageFolder's comes from its folders). Kept here, free of torch, so that the CLI can
+# check names without importing the training code.
+DATASETS = ("mnist5k", "digits", "cifar10", "cifar100", "imagefolder")
+NUM_CLASSES = {"mnist5k": 10, "digits": 10, "cifar10": 10, "cifar100": 100}
+
 
 @dataclass
 class ProxyBudget:

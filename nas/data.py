@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .budget import DATASETS
 from .errors import UserError
 
-DATASETS = ("mnist5k", "digits", "cifar10", "cifar100", "imagefolder")
 # Labels that a horizontal flip would change (a mirrored 2 is not a 2).
 _NO_FLIP = {"mnist5k", "digits"}
 _CIFAR_URLS = {

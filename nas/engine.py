@@ -37,8 +37,6 @@ from nas.store import Checkpoint, Store
 
 DEFAULT_EVALUATOR = "nas.trial:evaluate"
 CHECKPOINT_NAME = "controller"
-CHANCE = {"mnist5k": 10, "digits": 10, "cifar10": 10, "cifar100": 100}
-DATASETS = ("mnist5k", "digits", "cifar10", "cifar100", "imagefolder")  # = nas.data.DATASETS, without torch
 
 
 class EngineError(RuntimeError):

@@ -180,13 +180,13 @@ def validate(opts: dict, given: set, stored: Optional[dict] = None) -> Setup:
 def _check_data(budget: Any, opts: dict) -> int:
     """Number of classes; with the real evaluator the dataset is loaded once here (so a
     missing or broken dataset is one clear error, and a download happens once)."""
-    from nas.engine import CHANCE, DATASETS
+    from nas.budget import DATASETS, NUM_CLASSES
     if budget.dataset not in DATASETS:
         raise UserError(f"--dataset {budget.dataset!r}: expected one of {', '.join(DATASETS)}")
     if budget.data_dir and not Path(budget.data_dir).is_dir():
         raise UserError(f"--data-dir {budget.data_dir}: no such folder")
     if opts["evaluator"] != cfg.DEFAULTS["evaluator"]:
-        return CHANCE.get(budget.dataset, 10)
+        return NUM_CLASSES.get(budget.dataset, 10)
     try:
         from nas import data
         loaded = data.load(dataclasses.replace(budget, device="cpu"))

@@ -291,3 +291,24 @@ def test_bench_objective_is_deterministic_cached_and_penalises_macs():
     macs = bench.cost.macs(space.decode(choices), 224)
     assert score > 0
     assert first == pytest.approx(score * (macs / 400e6) ** -0.07, rel=1e-4)
+
+
+def test_bench_cache_file_round_trip_and_bad_files_exit_2(tmp_path, capsys):
+    from search_space.space import SearchSpace
+    bench = _bench_module()
+    space = SearchSpace.default()
+    objective = bench.Objective(space, bench.mnist_batch(8))
+    choices = space.sample(random.Random(1))
+    first = objective(choices)
+    path = tmp_path / "scores.json"
+    objective.save(path, 8)
+    fresh = bench.Objective(space, bench.mnist_batch(8))
+    fresh.load(path, 8)
+    assert fresh.loaded == 1 and fresh(choices) == first and fresh.seconds == 0.0
+    with pytest.raises(SystemExit, match="--batch"):
+        bench.Objective(space, bench.mnist_batch(8)).load(path, 16)
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json")
+    assert bench.main(["--quick", "--cache", str(bad)]) == 2
+    assert "--cache" in capsys.readouterr().err
+    assert bench.main(["--quick", "--cache", str(tmp_path / "no" / "dir.json")]) == 2
