@@ -16,6 +16,7 @@ import dataclasses
 import gc
 import math
 import time
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -148,8 +149,14 @@ def evaluate_accuracy(model: torch.nn.Module, data: ProxyData, bf16: bool, chann
     return int(correct) / data.val_y.shape[0]
 
 
-def train(spec, budget: ProxyBudget, data: ProxyData | None = None) -> TrialResult:
-    """Train `spec` for `budget` on the proxy dataset; always returns a TrialResult."""
+def train(spec, budget: ProxyBudget, data: ProxyData | None = None,
+          on_epoch: Callable[[int, float], None] | None = None) -> TrialResult:
+    """Train `spec` for `budget` on the proxy dataset; always returns a TrialResult.
+
+    `on_epoch(epoch, accuracy)` is called after each epoch's validation, so that an
+    engine can report the learning curve while training runs (NNI's assessors use it
+    to stop a trial early).
+    """
     check_budget(budget)
     device = resolve_device(budget.device)
     if data is None:
@@ -162,7 +169,8 @@ def train(spec, budget: ProxyBudget, data: ProxyData | None = None) -> TrialResu
     state = {"loss": None, "epoch_accuracies": [], "train_time": 0.0, "images": 0}
     try:
         with torch.random.fork_rng(devices=[]):
-            accuracy = _run(dataclasses.replace(spec, num_classes=num_classes), budget, data, state, start)
+            accuracy = _run(dataclasses.replace(spec, num_classes=num_classes), budget, data, state, start,
+                            on_epoch)
         status, message = "ok", ""
     except _Diverged as exc:
         accuracy, status, message = None, "diverged", str(exc)
@@ -180,7 +188,8 @@ def train(spec, budget: ProxyBudget, data: ProxyData | None = None) -> TrialResu
                        wall_time=time.perf_counter() - start, images_per_sec=ips, message=message)
 
 
-def _run(spec, budget: ProxyBudget, data: ProxyData, state: dict, start: float) -> float:
+def _run(spec, budget: ProxyBudget, data: ProxyData, state: dict, start: float,
+         on_epoch: Callable[[int, float], None] | None) -> float:
     from search_space.model import build
 
     device = data.device
@@ -244,6 +253,8 @@ def _run(spec, budget: ProxyBudget, data: ProxyData, state: dict, start: float) 
         state["loss"] = float(loss.detach()) if loss is not None else None
         recalibrate_bn(model, data, batch, bf16, channels_last)
         state["epoch_accuracies"].append(evaluate_accuracy(model, data, bf16, channels_last))
+        if on_epoch is not None:
+            on_epoch(len(state["epoch_accuracies"]), state["epoch_accuracies"][-1])
     return state["epoch_accuracies"][-1]
 
 

@@ -8,6 +8,8 @@ cost but no reward.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from .budget import ProxyBudget
 from .data import ProxyData
 from .result import TrialResult
@@ -33,7 +35,8 @@ def cost_only(spec, budget: ProxyBudget, target: int | str, alpha: float = -0.07
 
 
 def evaluate(spec, budget: ProxyBudget, target: int | str, alpha: float = -0.07, beta: float = -0.07,
-             data: ProxyData | None = None) -> TrialResult:
+             data: ProxyData | None = None,
+             on_epoch: Callable[[int, float], None] | None = None) -> TrialResult:
     """Count cost at `budget.target_resolution`, proxy-train at `budget.resolution`, score.
 
     Never raises for a failing candidate (the result's status says what happened); a
@@ -44,7 +47,7 @@ def evaluate(spec, budget: ProxyBudget, target: int | str, alpha: float = -0.07,
         macs, params = _cost(spec, budget)
     except Exception as exc:  # noqa: BLE001 - a spec the cost model rejects is a failed trial
         return TrialResult(status="failed", message=_one_line(exc))
-    result = train(spec, budget, data)
+    result = train(spec, budget, data, on_epoch)
     result.macs, result.params = macs, params
     if result.status == "ok" and result.accuracy is not None:
         result.reward = reward(result.accuracy, macs, target, alpha, beta)

@@ -348,3 +348,16 @@ def test_cli_engine_nni_hands_on_the_b0_it_recorded(tmp_path, capsys):
         best = max(trained, key=lambda r: r["reward"])
     assert ArchSpec.load(out / "best.yaml").key() == best["key"]
     assert _nni_processes(out) == []
+
+
+def test_real_evaluator_reports_its_curve_while_training():
+    """The NNI trial binds its intermediate reporter into `nas.trial.evaluate`'s per-epoch
+    hook, so an assessor (Medianstop) sees accuracies before the trial ends."""
+    from nas import trial
+    from nas.nni_trial import _with_epoch_hook
+
+    seen = []
+    fn, hooked = _with_epoch_hook(trial.evaluate, lambda epoch, acc: seen.append(acc))
+    assert hooked and fn.keywords["on_epoch"] is not None
+    fn.keywords["on_epoch"](1, 0.5)
+    assert seen == [0.5]

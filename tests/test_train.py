@@ -38,8 +38,11 @@ def test_same_seed_same_result_other_seed_differs(digits):
 
 
 def test_epochs_give_one_accuracy_each(digits):
-    r = T.train(TINY, budget(steps=None, epochs=2, batch_size=256), digits)
+    seen = []
+    r = T.train(TINY, budget(steps=None, epochs=2, batch_size=256), digits,
+                on_epoch=lambda epoch, acc: seen.append((epoch, acc)))
     assert r.status == "ok" and len(r.epoch_accuracies) == 2 and r.accuracy == r.epoch_accuracies[-1]
+    assert seen == list(enumerate(r.epoch_accuracies, start=1))  # reported while training, in order
     half = T.train(TINY, budget(steps=None, epochs=0.5, batch_size=256), digits)
     assert len(half.epoch_accuracies) == 1
 
