@@ -234,9 +234,10 @@ def main(argv=None) -> int:
               + f"   ({timing[method] * 1e3:.2f} ms/proposal overhead)", flush=True)
         if args.cache is not None:
             objective.save(args.cache, args.batch)
-    print(f"\n{len(objective.cache)} distinct architectures scored, {objective.seconds:.1f} s in the objective, "
-          f"{time.perf_counter() - t0:.1f} s total; {args.seeds} seeds; batch {args.batch}"
-          + (f"; {objective.loaded} scores read from {args.cache}" if args.cache is not None else ""))
+    print(f"\n{len(objective.cache)} distinct architectures in the score cache"
+          + (f" ({objective.loaded} read from {args.cache})" if args.cache is not None else "")
+          + f", {objective.seconds:.1f} s scoring new ones, {time.perf_counter() - t0:.1f} s total; "
+          f"{args.seeds} seeds; batch {args.batch}")
     base = results.get("random")
     if base:
         print("\nbest objective / random's best at the same budget (median over seeds):")

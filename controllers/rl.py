@@ -9,9 +9,11 @@ Learning: reward minus an exponential-moving-average baseline (decay 0.95) is th
 advantage; every `batch_size` told proposals, `ppo_epochs` Adam steps on the PPO
 clipped surrogate (clip 0.2) plus an entropy bonus. The "old" log-probability of a
 proposal is the one under the policy that sampled it, so proposals told late (after
-updates) are importance-weighted correctly. Defaults (batch 4, entropy weight 2e-2)
-suit budgets of hundreds of proposals: more updates early, no collapse onto a few
-architectures later (the entropy is summed over decisions; advantages are ~unit scale).
+updates) are importance-weighted correctly. Advantages are divided by a running RMS
+(EMA of squared advantages), not by the batch's std, which would inflate noise-level
+differences once the policy concentrates. Defaults (lr 1e-2, batch 4, entropy weight
+2e-2) suit budgets of hundreds of proposals: more updates early, no collapse onto a
+few architectures later (docs/readme/controllers.md gives the numbers).
 Failures count as reward `failure_reward` (default: the lowest reward seen so far, 0
 before any).
 
@@ -116,9 +118,9 @@ class RLController(Controller):
     """MnasNet/NASNet RL controller (LSTM policy + PPO); see the module docstring."""
 
     def __init__(self, decisions: Sequence[Any], seed: int = 0, hidden: int = 100,
-                 lr: float = 5e-3, batch_size: int = 4, ppo_epochs: int = 4,
+                 lr: float = 1e-2, batch_size: int = 4, ppo_epochs: int = 4,
                  clip: float = 0.2, entropy_coef: float = 2e-2,
-                 baseline_decay: float = 0.95, normalize_advantage: Any = True,
+                 baseline_decay: float = 0.95, normalize_advantage: Any = "running",
                  failure_reward: Optional[float] = None, init_range: float = 0.1) -> None:
         super().__init__(decisions, seed)
         if batch_size < 1 or ppo_epochs < 1 or hidden < 1 or lr <= 0:

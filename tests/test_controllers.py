@@ -285,12 +285,13 @@ def test_bench_objective_is_deterministic_cached_and_penalises_macs():
     first = objective(choices)
     assert objective(choices) == first and len(objective.cache) == 1
     fresh = bench.Objective(space, bench.mnist_batch(8))
-    # same init seed, same images; float32 rounding may flip a near-zero unit's sign
-    assert fresh(choices) == pytest.approx(first, rel=1e-4)
+    # same init seed, same images; float32 rounding (thread-count dependent) may flip a
+    # near-zero unit's sign: differences of ~1e-4 were seen, a wrong score is off by >1 %
+    assert fresh(choices) == pytest.approx(first, rel=1e-3)
     score = bench.naswot(space.decode(choices), bench.mnist_batch(8))
     macs = bench.cost.macs(space.decode(choices), 224)
     assert score > 0
-    assert first == pytest.approx(score * (macs / 400e6) ** -0.07, rel=1e-4)
+    assert first == pytest.approx(score * (macs / 400e6) ** -0.07, rel=1e-3)
 
 
 def test_bench_cache_file_round_trip_and_bad_files_exit_2(tmp_path, capsys):
@@ -312,3 +313,20 @@ def test_bench_cache_file_round_trip_and_bad_files_exit_2(tmp_path, capsys):
     assert bench.main(["--quick", "--cache", str(bad)]) == 2
     assert "--cache" in capsys.readouterr().err
     assert bench.main(["--quick", "--cache", str(tmp_path / "no" / "dir.json")]) == 2
+
+
+@pytest.mark.parametrize("norm", ["batch", "running"])
+def test_rl_normalised_advantages_ignore_the_reward_scale(norm):
+    """Rewards r and 1000 r + 7 give the same proposals (MnasNet rewards differ by ~1 %)."""
+    runs = []
+    for scale, shift in ((1.0, 0.0), (1000.0, 7.0)):
+        rl = RLController(SIZES, seed=3, batch_size=4, normalize_advantage=norm)
+        seq = []
+        for _ in range(24):
+            p = rl.ask()
+            seq.append(p.choices)
+            rl.tell(p, scale * zeros_reward(p.choices) + shift)
+        runs.append(seq)
+    assert runs[0] == runs[1]
+    with pytest.raises(ValueError):
+        RLController(SIZES, normalize_advantage="std")
