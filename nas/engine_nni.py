@@ -1,6 +1,6 @@
 """The NNI engine: the same controller and trial code, run as an NNI experiment.
 
-Why it is built this way (NNI 3.0 is unmaintained; see docs/readme/nni.md):
+Why it is built this way (NNI 3.0 is unmaintained; see README.md, "Distributed search with NNI"):
 
 * The tuner is `nas.nni_tuner.ControllerTuner`, run by NNI's dispatcher on this
   machine; it writes every result into the run's SQLite store under `--out` from the

@@ -1,7 +1,7 @@
 """The trial command of the NNI engine: `python -m nas.nni_trial`.
 
 NNI runs this module once per trial, on whichever machine its training service picks.
-Why it is shaped this way (see docs/readme/nni.md and NNI.md):
+Why it is shaped this way (see README.md, "Distributed search with NNI"):
 
 * `nni.get_next_parameter()` is called FIRST: a trial that dies before reading its
   parameters stalls NNI's dispatcher, so nothing of ours is even imported before it.

@@ -121,7 +121,7 @@ class ControllerTuner(Tuner):
     def trial_end(self, parameter_id: int, success: bool, **kwargs: Any) -> None:
         """A trial that ended without a result (assessor stop, cancel, kill).
 
-        NNI's parameter id is the only link here, and may be wrong (NNI.md); a job
+        NNI's parameter id is the only link here, and may be wrong (seen with NNI 3.0); a job
         already completed from its own report is never completed twice.
         """
         if success:
