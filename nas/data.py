@@ -129,8 +129,8 @@ def load(budget_or_name, data_dir: str | None = None, resolution: int = 32, devi
     if key in _cache:
         _cache.move_to_end(key)
         return _cache[key]
-    images, labels = _read(name, data_dir, download, resolution)
-    data = _prepare(name, images, labels, resolution, device, seed, val_fraction, max_images)
+    images, labels = _read(name, data_dir, download, resolution, max_images, seed)
+    data = _prepare(name, images, labels, resolution, device, seed, val_fraction)
     _cache[key] = data
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)
@@ -156,15 +156,21 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 # -- reading -------------------------------------------------------------------------
-def _read(name: str, data_dir: str | None, download: bool, resolution: int) -> tuple[np.ndarray | torch.Tensor, np.ndarray]:
-    """(images uint8 N,H,W,C or float N,C,R,R tensor, labels int64 N)."""
+def _read(name: str, data_dir: str | None, download: bool, resolution: int, max_images: int | None = None,
+          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 N,H,W,C, labels int64 N), capped at `max_images` (stratified, seeded)."""
+    if name == "imagefolder":  # the cap is applied to the file list: only kept files are decoded
+        return _read_imagefolder(data_dir, resolution, max_images, seed)
     if name == "mnist5k":
-        return _read_mnist5k()
-    if name == "digits":
-        return _read_digits()
-    if name in _CIFAR_URLS:
-        return _read_cifar(name, data_dir, download)
-    return _read_imagefolder(data_dir, resolution)
+        images, labels = _read_mnist5k()
+    elif name == "digits":
+        images, labels = _read_digits()
+    else:
+        images, labels = _read_cifar(name, data_dir, download)
+    if max_images is not None:
+        keep = _subsample(labels, max_images, seed)
+        images, labels = images[keep], labels[keep]
+    return images, labels
 
 
 def _package_file(package: str, *parts: str) -> Path:
@@ -245,12 +251,13 @@ def _read_cifar(name: str, data_dir: str | None, download: bool) -> tuple[np.nda
                 batch = pickle.load(fh, encoding="bytes")
             images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             labels.append(np.asarray(batch[label_key], dtype=np.int64))
-        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
+        except (OSError, pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as exc:
             raise UserError(f"{path}: not a readable {name} batch ({type(exc).__name__})") from None
     return np.concatenate(images), np.concatenate(labels)
 
 
-def _read_imagefolder(data_dir: str | None, resolution: int) -> tuple[torch.Tensor, np.ndarray]:
+def _read_imagefolder(data_dir: str | None, resolution: int, max_images: int | None = None,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Class subfolders of images, each resized (shorter side) and center-cropped to R x R."""
     if not data_dir:
         raise UserError("dataset imagefolder: --data-dir is required (a folder with one subfolder per class)")
@@ -272,23 +279,26 @@ def _read_imagefolder(data_dir: str | None, resolution: int) -> tuple[torch.Tens
         from PIL import Image
     except ImportError:
         raise UserError("dataset imagefolder needs Pillow to read images (pip install pillow)") from None
-    images, labels = [], []
-    for label, (_, files) in enumerate(classes):
-        for path in files:
-            try:
-                with Image.open(path) as img:
-                    img = img.convert("RGB")
-                    w, h = img.size
-                    scale = resolution / min(w, h)
-                    size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
-                    img = img.resize(size, Image.BILINEAR)
-                    left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-                    img = img.crop((left, top, left + resolution, top + resolution))
-                    images.append(np.asarray(img, dtype=np.uint8))
-            except OSError as exc:
-                raise UserError(f"{path}: cannot read image ({exc})") from None
-            labels.append(label)
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
+    labels = np.asarray([label for label, (_, files) in enumerate(classes) for _ in files], dtype=np.int64)
+    paths = [path for _, files in classes for path in files]
+    if max_images is not None:
+        keep = _subsample(labels, max_images, seed)
+        paths, labels = [paths[i] for i in keep], labels[keep]
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                w, h = img.size
+                scale = resolution / min(w, h)
+                size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+                img = img.resize(size, Image.BILINEAR)
+                left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+                img = img.crop((left, top, left + resolution, top + resolution))
+                images.append(np.asarray(img, dtype=np.uint8))
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read image ({exc})") from None
+    return np.stack(images), labels
 
 
 # -- preparing -----------------------------------------------------------------------
@@ -337,10 +347,7 @@ def _resize(images: np.ndarray, resolution: int) -> torch.Tensor:
 
 
 def _prepare(name: str, images: np.ndarray, labels: np.ndarray, resolution: int, device: torch.device,
-             seed: int, val_fraction: float, max_images: int | None) -> ProxyData:
-    if max_images is not None:
-        keep = _subsample(labels, max_images, seed)
-        images, labels = images[keep], labels[keep]
+             seed: int, val_fraction: float) -> ProxyData:
     classes, labels = np.unique(labels, return_inverse=True)
     if len(classes) < 2:
         raise UserError(f"dataset {name}: only one class present; need at least 2")

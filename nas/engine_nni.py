@@ -26,6 +26,7 @@ import logging
 import os
 import pickle
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -44,6 +45,8 @@ TERMINAL = {"SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPP
 PACKAGES = ("nas", "search_space", "controllers", "scaling")
 OWNED_FIELDS = {"searchSpace", "searchSpaceFile", "tuner", "trialCodeDirectory", "experimentWorkingDirectory",
                 "advisor", "useAnnotation"}
+# Fields the engine sets from nas.search options (a value in the YAML would be overridden).
+FROM_OPTIONS = {"trialConcurrency": "--concurrency", "maxTrialNumber": "--trials"}
 
 _BIND_JS = r"""// Written by nas.engine_nni: bind NNI's REST server (web UI) to one address.
 const net = require('net');
@@ -97,14 +100,26 @@ def load_nni_config(path: str | None) -> dict[str, Any]:
     ts = data.get("trainingService")
     if not isinstance(ts, (dict, list)):
         raise UserError(f"--nni-config {path}: needs a trainingService section with a platform")
+    services = []
     for svc in ts if isinstance(ts, list) else [ts]:
         if not isinstance(svc, dict) or "platform" not in svc:
             raise UserError(f"--nni-config {path}: every trainingService needs a platform")
+        # snake_case inside the section too (NNI accepts both; the engine reads camelCase)
+        svc = {_camel(k): v for k, v in svc.items()}
         if "machines" in svc:  # friendlier alias of NNI's machineList
             svc["machineList"] = svc.pop("machines")
+        if isinstance(svc.get("machineList"), list):
+            svc["machineList"] = [{_camel(k): v for k, v in m.items()} if isinstance(m, dict) else m
+                                  for m in svc["machineList"]]
+        services.append(svc)
+    data["trainingService"] = services if isinstance(ts, list) else services[0]
     owned = sorted(OWNED_FIELDS & set(data))
     if owned:
         raise UserError(f"--nni-config {path}: field {owned[0]!r} is set by the engine, remove it")
+    from_options = sorted(set(FROM_OPTIONS) & set(data))
+    if from_options:
+        raise UserError(f"--nni-config {path}: field {from_options[0]!r} comes from the command line "
+                        f"({FROM_OPTIONS[from_options[0]]}), remove it")
     return data
 
 
@@ -189,7 +204,7 @@ def build_config(nni_cfg: dict, *, code_dir: Path, work_dir: Path, session: Path
 
     fields = dict(nni_cfg)
     exe = python or _trial_python(fields)
-    fields.setdefault("trialCommand", f"{exe} -m nas.nni_trial")
+    fields.setdefault("trialCommand", f"{shlex.quote(exe)} -m nas.nni_trial")
     fields["trialConcurrency"] = int(concurrency)
     fields["maxTrialNumber"] = max(1, int(max_trials))
     fields.setdefault("experimentName", "nas-search")
@@ -290,7 +305,7 @@ class NniEngine:
 
         logging.getLogger("nni").setLevel(logging.WARNING)
         exp = Experiment(config)
-        node_opts = (os.environ.get("NODE_OPTIONS", "") + f" --require {bind_js}").strip()
+        node_opts = (os.environ.get("NODE_OPTIONS", "") + " " + node_require(bind_js)).strip()
         manager = None
         with _sigterm_as_interrupt():
             try:
@@ -326,12 +341,16 @@ class NniEngine:
                         listener(rec)
             if self._refresh_done(source):
                 return
-            status = exp.get_status()
+            logs = f"{exp.config.experiment_working_directory}/{exp.id}/log"
+            try:
+                status = exp.get_status()
+                jobs = (exp.list_trial_jobs() or []) if status != "ERROR" else []
+            except Exception as exc:  # the manager died or stopped answering its REST API
+                raise RuntimeError(f"NNI manager of experiment {exp.id} not reachable ({type(exc).__name__}; logs: "
+                                   f"{logs}); the store is intact: rerun with --resume") from None
             if status == "ERROR":
-                raise RuntimeError(f"NNI experiment {exp.id} reported ERROR (logs: "
-                                   f"{exp.config.experiment_working_directory}/{exp.id}/log); the store is "
+                raise RuntimeError(f"NNI experiment {exp.id} reported ERROR (logs: {logs}); the store is "
                                    "intact: rerun with --resume")
-            jobs = exp.list_trial_jobs() or []
             active = [j for j in jobs if j.status not in TERMINAL]
             sig = (len(seen), tuple(sorted((j.trialJobId, j.status) for j in jobs)))
             if sig != last_sig or active:
@@ -343,6 +362,11 @@ class NniEngine:
                                    f"running, {len(seen)} records): experiment stopped; the store is intact: "
                                    "rerun with --resume")
             time.sleep(self.poll)
+
+
+def node_require(path: Path) -> str:
+    """`--require PATH` for NODE_OPTIONS, which splits on spaces unless double-quoted."""
+    return '--require "' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _max_trials(source: Any) -> int:
@@ -399,7 +423,7 @@ def _stop(exp: Any, manager: Any) -> None:
     finally:
         with contextlib.suppress(Exception):
             signal.signal(signal.SIGINT, previous)
-    alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    alive = [p for p in tree if _alive(p)]
     for p in alive:
         with contextlib.suppress(Exception):
             p.terminate()
@@ -407,6 +431,16 @@ def _stop(exp: Any, manager: Any) -> None:
     for p in alive:
         with contextlib.suppress(Exception):
             p.kill()
+
+
+def _alive(proc: Any) -> bool:
+    """Running and not a zombie; False for a process that exits while we look."""
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def run(ctx: dict) -> None:

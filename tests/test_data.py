@@ -161,3 +161,26 @@ def test_bad_numbers_and_device():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="CUDA is not available"):
             D.load("mnist5k", device="cuda")
+
+
+def test_cifar_batch_that_is_not_a_dict_is_one_line(tmp_path):
+    import pickle
+
+    for i in range(1, 6):
+        (tmp_path / f"data_batch_{i}").write_bytes(pickle.dumps([1, 2, 3]))
+    with pytest.raises(UserError, match="not a readable cifar10 batch") as info:
+        D.load("cifar10", data_dir=str(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+def test_imagefolder_max_images_decodes_only_the_kept_files(tmp_path, monkeypatch):
+    _png_folder(tmp_path, ["cat", "dog"], n=10)
+    from PIL import Image
+
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    d = D.load("imagefolder", data_dir=str(tmp_path), resolution=12, seed=0, max_images=6)
+    assert len(opened) == 6                                   # not all 20 files
+    assert d.train_x.shape[0] + d.val_x.shape[0] == 6
+    assert sorted(torch.cat([d.train_y, d.val_y]).tolist()) == [0, 0, 0, 1, 1, 1]  # still stratified

@@ -361,3 +361,77 @@ def test_real_evaluator_reports_its_curve_while_training():
     assert hooked and fn.keywords["on_epoch"] is not None
     fn.keywords["on_epoch"](1, 0.5)
     assert seen == [0.5]
+
+
+# -- review fixes: configuration spelling, paths with spaces, a dying manager -------------------
+def test_snake_case_inside_training_service_and_fields_from_options(tmp_path):
+    path = tmp_path / "nni.yaml"
+    path.write_text("trial_gpu_number: 1\ntraining_service:\n  platform: local\n  use_active_gpu: true\n"
+                    "  gpu_indices: [0]\n")
+    cfg = engine_nni.build_config(engine_nni.load_nni_config(str(path)), code_dir=tmp_path, work_dir=tmp_path,
+                                  session=tmp_path / "s", concurrency=1, max_trials=1, assessor="none",
+                                  python="/opt/my env/bin/python3")
+    assert cfg.training_service.use_active_gpu is True
+    assert cfg.trial_command == "'/opt/my env/bin/python3' -m nas.nni_trial"
+    path.write_text("training_service:\n  platform: remote\n  machine_list:\n"
+                    "    - {host: 127.0.0.1, user: u, python_path: /opt/venv/bin}\n")
+    remote = engine_nni.load_nni_config(str(path))
+    assert engine_nni._trial_python(remote) == "/opt/venv/bin/python3"
+    assert engine_nni._all_hosts_loopback(remote)
+    for field, option in (("trialConcurrency", "--concurrency"), ("max_trial_number", "--trials")):
+        path.write_text(f"{field}: 2\ntrainingService: {{platform: local}}\n")
+        with pytest.raises(UserError, match=option):
+            engine_nni.load_nni_config(str(path))
+
+
+def test_bind_preload_loads_from_a_path_with_spaces(tmp_path):
+    import nni_node
+
+    node = Path(nni_node.__file__).parent / "node"
+    folder = tmp_path / 'my "runs" dir'
+    folder.mkdir()
+    (folder / "bind.js").write_text("console.log('preloaded');")
+    env = {**os.environ, "NODE_OPTIONS": engine_nni.node_require(folder / "bind.js")}
+    done = subprocess.run([str(node), "-e", "0"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "preloaded", done.stderr[-500:]
+
+
+def test_stop_tolerates_processes_that_exit_while_checked(monkeypatch):
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        class Exp:
+            def stop(self):
+                pass
+
+        def gone(self):
+            raise psutil.NoSuchProcess(self.pid)
+
+        monkeypatch.setattr(psutil.Process, "status", gone)
+        engine_nni._stop(Exp(), proc)          # must not raise
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_unreachable_manager_is_a_one_line_runtime_error(tmp_path):
+    import requests
+
+    class Exp:
+        id = "abc"
+
+        class config:
+            experiment_working_directory = str(tmp_path)
+
+        def get_status(self):
+            raise requests.ConnectionError("connection refused\nsecond line")
+
+    class Source:
+        store = Store.create(tmp_path / "run", {"test": "nni"})
+        listeners: list = []
+        done = False
+
+    engine = engine_nni.NniEngine(log=lambda m: None)
+    with pytest.raises(RuntimeError, match="not reachable .*--resume") as info:
+        engine._poll(Exp(), Source())
+    assert "\n" not in str(info.value)
+    Source.store.close()
