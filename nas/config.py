@@ -23,6 +23,7 @@ from nas.budget import ProxyBudget
 from nas.errors import UserError
 
 DEFAULT_OUT = "runs/search"
+MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds
 _B = ProxyBudget()  # proxy-training defaults come from the budget (tuned in nas/budget.py)
 
 # name -> default. None means "unset" (computed later or optional).
@@ -72,14 +73,15 @@ def _positive_int(name: str):
     return parse
 
 
-def _int_at_least(name: str, low: int):
+def _int_at_least(name: str, low: int, high: int | None = None):
     def parse(text: str) -> int:
+        want = f"an integer >= {low}" + ("" if high is None else f" and <= {high}")
         try:
             value = int(str(text))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer >= {low}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"{name} must be {want}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{name} must be {want}, got {text!r}")
         return value
     return parse
 
@@ -134,7 +136,7 @@ def build_parser(with_nni: bool = True) -> argparse.ArgumentParser:
                    help=f"train only architectures with LO*T <= MACs <= HI*T; the others get a reward from cost "
                         f"alone, recorded as 'skipped' (default: {d['cost_window']}: nothing above the target)")
     g.add_argument("--space", metavar="FILE", help="search space YAML (default: the built-in MnasNet space)")
-    g.add_argument("--seed", type=_int_at_least("--seed", 0), help=f"random seed (default: {d['seed']})")
+    g.add_argument("--seed", type=_int_at_least("--seed", 0, MAX_SEED), help=f"random seed (default: {d['seed']})")
     g.add_argument("--reference", metavar="NAME",
                    help=f"zoo network trained once under the same budget for comparison, or 'none' "
                         f"(default: {d['reference']})")
@@ -262,6 +264,8 @@ def parse(argv: Sequence[str] | None = None) -> tuple[dict[str, Any], set[str]]:
 def check_out_dir(out: str, resume: bool, overwrite: bool) -> None:
     """--out must be creatable/writable, and hold a run exactly when --resume is given."""
     from nas.store import Store
+    if not str(out).strip():
+        raise UserError("--out must name a folder, got an empty string")
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")

@@ -37,6 +37,7 @@ from nas.store import Checkpoint, Store
 
 DEFAULT_EVALUATOR = "nas.trial:evaluate"
 CHECKPOINT_NAME = "controller"
+CAP_REASON = "stopped after"  # how the max_proposals stop reason starts
 
 
 class EngineError(RuntimeError):
@@ -225,6 +226,8 @@ class SearchLoop:
         self.in_flight: dict[str, Job] = {}
         self.stop_reason = ""
         self._proposals: dict[int, Any] = {}
+        # proposals of an architecture being trained right now: told its result when it ends
+        self._followers: dict[str, list[Job]] = {}
         self._tells = 0
         self._asks = 0
         self._restore()
@@ -236,6 +239,8 @@ class SearchLoop:
             state, self._tells, self._asks = saved
             self.controller.load_state_dict(state)
         self.stop_reason = self.store.get_meta("stop_reason", "") or ""
+        if self.stop_reason.startswith(CAP_REASON) and self._asks < self.s.max_proposals:
+            self._stop("")  # resumed with more --trials: the cap on proposals has risen
 
     def reload(self) -> None:
         """Re-read the controller checkpoint and stop reason from the store (after another
@@ -270,11 +275,20 @@ class SearchLoop:
     def initial_jobs(self) -> list[Job]:
         """Jobs pending in the store (running when the run stopped), then the reference."""
         with self.lock:
-            jobs = []
+            jobs, followers = [], []
             for d in self.store.pending():
                 if d["kind"] not in ("search", "reference"):
                     continue  # e.g. grid jobs: their own BatchSource re-queues them
-                jobs.append(Job.from_dict({**d, "attempt": d.get("attempt", 1)}))
+                job = Job.from_dict({**d, "attempt": d.get("attempt", 1)})
+                (followers if d.get("follows") else jobs).append(job)
+            for f in followers:  # waiting for a twin: told from its record, or wait again
+                cached = self.store.find_key(f.key, "search")
+                if cached is not None:
+                    self._tell_cached(self._proposal(f), self._base(f), cached)
+                elif any(j.key == f.key for j in jobs):
+                    self._followers.setdefault(f.key, []).append(f)
+                else:
+                    jobs.append(f)
             if self._reference_missing() and not any(j.kind == "reference" for j in jobs):
                 jobs.insert(0, self._reference_job())
             for j in jobs:
@@ -294,7 +308,7 @@ class SearchLoop:
         with self.lock:
             while not self.stop_reason and self.trained + self._in_flight() < self.s.trials:
                 if self._asks >= self.s.max_proposals:
-                    self._stop(f"stopped after {self._asks} proposals: the controller keeps proposing "
+                    self._stop(f"{CAP_REASON} {self._asks} proposals: the controller keeps proposing "
                                "architectures outside the cost window or already evaluated")
                     return None
                 try:
@@ -312,15 +326,16 @@ class SearchLoop:
             return None
 
     def _make_job(self, proposal: Any) -> Optional[Job]:
-        """A Job to train, or None after telling and recording a cost-only/cached result."""
+        """A Job to train, or None after telling and recording a cost-only/cached result (or
+        parking the proposal until the same architecture, in flight now, has finished)."""
         from search_space import cost
         spec = self.space.decode(list(proposal.choices), num_classes=1000,
                                  resolution=self.s.target_resolution)
         key = spec.key()
-        macs, params = int(cost.macs(spec, self.s.target_resolution)), int(cost.params(spec))
-        base = dict(kind="search", proposal_id=proposal.id, choices=list(proposal.choices),
-                    spec=spec.to_dict(), key=key, macs=macs, params=params,
-                    queued_at=time.time(), started_at=None, worker="", attempt=1, told=True)
+        macs = int(cost.macs(spec, self.s.target_resolution))
+        job = Job(kind="search", proposal_id=proposal.id, spec=spec.to_dict(), key=key, macs=macs,
+                  params=int(cost.params(spec)), choices=list(proposal.choices))
+        base = self._base(job)
         lo, hi = self.s.cost_window
         if not lo * self.s.target <= macs <= hi * self.s.target:
             r = cost_only_reward(macs, self.s.target, self.s.chance)
@@ -332,16 +347,38 @@ class SearchLoop:
             return None
         cached = self.store.find_key(key, "search")
         if cached is not None:
-            if cached["status"] in FAILED_STATUSES or cached["reward"] is None:
-                self.controller.tell_failure(proposal, cached["status"])
-            else:
-                self.controller.tell(proposal, cached["reward"])
-            self._tells += 1
-            self._record({**base, **{k: cached[k] for k in ("accuracy", "reward", "status", "epoch_accuracies")},
-                          "source": "cache", "message": f"same architecture as trial {cached['id']}: result reused"})
+            self._tell_cached(proposal, base, cached)
             return None
-        return Job(kind="search", proposal_id=proposal.id, spec=base["spec"], key=key, macs=macs,
-                   params=params, choices=list(proposal.choices))
+        twin = next((j for j in self.in_flight.values() if j.kind == "search" and j.key == key), None)
+        if twin is not None:  # being trained now: never train it twice, wait for that result
+            self._proposals[proposal.id] = proposal
+            self._followers.setdefault(key, []).append(job)
+            self.store.add_pending(job.kind, job.proposal_id, {**_job_row(job), "follows": twin.name}, self._ckpt())
+            return None
+        return job
+
+    @staticmethod
+    def _base(job: Job) -> dict:
+        return dict(kind="search", proposal_id=job.proposal_id, choices=job.choices, spec=job.spec, key=job.key,
+                    macs=job.macs, params=job.params, queued_at=job.queued_at, started_at=None, worker="",
+                    attempt=1, told=True)
+
+    def _proposal(self, job: Job) -> Any:
+        proposal = self._proposals.pop(job.proposal_id, None)
+        if proposal is None:  # asked before a restart
+            from controllers.base import Proposal
+            proposal = Proposal(job.proposal_id, tuple(job.choices or ()))
+        return proposal
+
+    def _tell_cached(self, proposal: Any, base: dict, cached: dict) -> dict:
+        """Tell and record a proposal whose architecture has a trained record already."""
+        if cached["status"] in FAILED_STATUSES or cached["reward"] is None:
+            self.controller.tell_failure(proposal, cached["status"])
+        else:
+            self.controller.tell(proposal, cached["reward"])
+        self._tells += 1
+        return self._record({**base, **{k: cached[k] for k in ("accuracy", "reward", "status", "epoch_accuracies")},
+                             "source": "cache", "message": f"same architecture as trial {cached['id']}: result reused"})
 
     def complete(self, job: Job, result: TrialResult, worker: str = "", started_at: float | None = None,
                  finished_at: float | None = None, extra: dict | None = None) -> dict:
@@ -365,10 +402,7 @@ class SearchLoop:
                        told=job.kind == "search", extra=extra)
             ckpt = None
             if job.kind == "search":
-                proposal = self._proposals.pop(job.proposal_id, None)
-                if proposal is None:
-                    from controllers.base import Proposal
-                    proposal = Proposal(job.proposal_id, tuple(job.choices or ()))
+                proposal = self._proposal(job)
                 if r is not None:
                     self.controller.tell(proposal, r)
                 else:
@@ -376,7 +410,10 @@ class SearchLoop:
                 self._tells += 1
                 ckpt = self._ckpt()
             self.in_flight.pop(job.name, None)
-            return self._record(rec, ckpt)
+            rec = self._record(rec, ckpt)
+            for f in self._followers.pop(job.key, []) if job.kind == "search" else []:
+                self._tell_cached(self._proposal(f), self._base(f), rec)
+            return rec
 
     def _record(self, rec: dict, ckpt: Checkpoint | None = "auto") -> dict:  # type: ignore[assignment]
         if ckpt == "auto":

@@ -40,6 +40,7 @@ class Setup:
     ctx: Any
     settings: Any
     reference: Any
+    controller: Any = None
     slots: list = field(default_factory=list)
     phis: list = field(default_factory=list)
 
@@ -134,13 +135,11 @@ def validate(opts: dict, given: set, stored: Optional[dict] = None) -> Setup:
             from nas import engine_nni
         except Exception as exc:
             raise UserError(f"--engine nni: NNI cannot be used here ({type(exc).__name__}: {exc})") from None
-        if hasattr(engine_nni, "validate"):
-            engine_nni.validate(_namespace(opts))  # NNI options, before --out exists
-        elif hasattr(engine_nni, "load_nni_config"):
-            engine_nni.load_nni_config(opts.get("nni_config"))
+        engine_nni.load_nni_config(opts.get("nni_config"))  # NNI options, before --out exists
         if opts.get("concurrency") is not None and int(opts["concurrency"]) < 1:
             raise UserError(f"--concurrency must be at least 1, got {opts['concurrency']}")
     space = _space(opts, given, stored)
+    controller = make_controller(opts, space)  # its errors, too, before --out exists
     stride = space.skeleton().total_stride
     if int(opts["proxy_resolution"]) < stride:
         raise UserError(f"--proxy-resolution {opts['proxy_resolution']} is below the networks' total stride "
@@ -173,8 +172,8 @@ def validate(opts: dict, given: set, stored: Optional[dict] = None) -> Setup:
                             chance=1.0 / num_classes)
     ctx = EvalContext(budget=budget, target=target, alpha=opts["alpha"], beta=opts["beta"],
                       evaluator=opts["evaluator"])
-    return Setup(opts=opts, space=space, budget=budget, ctx=ctx, settings=settings, reference=ref, slots=slots,
-                 phis=phis)
+    return Setup(opts=opts, space=space, budget=budget, ctx=ctx, settings=settings, reference=ref,
+                 controller=controller, slots=slots, phis=phis)
 
 
 def _check_data(budget: Any, opts: dict) -> int:
@@ -234,6 +233,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         store = Store.open(opts["out"])
         store.set_config(record)
         store.requeue_pending()  # jobs that were running when the run stopped: attempt + 1
+        store.set_meta("state", "running")
     try:
         return _search(setup, store, t0)
     finally:
@@ -247,7 +247,7 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
 
     opts = setup.opts
     out = Path(opts["out"])
-    controller = make_controller(opts, setup.space)
+    controller = setup.controller
     done = store.count("search")
     failed = sum(1 for r in store.trials("search", "trained") if r["status"] != "ok")
     progress = report.Progress(setup.settings.trials, done=done, failed=failed,

@@ -68,6 +68,9 @@ CASES = [
     ("grid keeps no point", ["--target-flops", "400M", "--scale-grid", "--grid-step", "0.3", "--grid-tol", "0"],
      "--scale-grid"),
     ("empty phis", ["--target-flops", "400M", "--phis", "7-1"], "--phis"),
+    ("seed too large for the RL controller", ["--target-flops", "400M", "--controller", "rl", "--seed",
+                                              "99999999999999999999"], "--seed"),
+    ("empty out", ["--target-flops", "400M", "--out", ""], "--out"),
 ]
 
 

@@ -8,7 +8,7 @@ import pytest
 import controllers
 from controllers.base import Controller, Ledger
 from nas.budget import ProxyBudget
-from nas.engine import (BatchSource, EvalContext, LoopSettings, SearchLoop, cost_only_reward)
+from nas.engine import (BatchSource, EvalContext, LoopSettings, SearchLoop, cost_only_reward, evaluate_job)
 from nas.engine_local import LocalEngine, device_slots, threads_per_worker
 from nas.store import Store
 from search_space import cost, zoo
@@ -83,6 +83,60 @@ def test_cost_window_and_cache_are_told_but_not_trained(tmp_path):
     assert rows[2]["reward"] < 0.1 and "cost window" in rows[2]["message"]
     # every proposal was told exactly once, with what was recorded
     assert ctrl.told == [(r["proposal_id"], r["reward"]) for r in sorted(rows, key=lambda r: r["proposal_id"])]
+
+
+@pytest.mark.parametrize("restart", ["none", "both-in-flight", "after-the-first-record"])
+def test_an_architecture_in_flight_is_not_trained_twice(tmp_path, restart):
+    """A proposal of an architecture being trained right now waits for that result and is
+    told it (source 'cache'), also across a restart at any point."""
+    a, _ = _choices_with_macs(0.5, 1.0, seed=1)
+    b, _ = _choices_with_macs(0.5, 1.0, seed=3)
+    loop = _loop(tmp_path, trials=2, controller=Scripted([a, a, b]))
+    first, second = loop.next_job(), loop.next_job()
+    assert (first.proposal_id, second.proposal_id) == (0, 2)  # proposal 1 (a again) waits for 0
+    if restart == "both-in-flight":  # killed with both training: the twin waits again after resume
+        loop.store.close()
+        loop = _loop(tmp_path, trials=2, controller=Scripted([a, a, b]))
+        assert sorted(j.proposal_id for j in loop.initial_jobs()) == [0, 2]
+    if restart == "after-the-first-record":  # killed between a's record and its twin's
+        def die(rec):
+            if rec["proposal_id"] == 0:
+                raise KeyboardInterrupt
+        loop.listeners.append(die)
+        with pytest.raises(KeyboardInterrupt):
+            loop.complete(first, evaluate_job(first, _ctx()))
+        loop.store.close()
+        loop = _loop(tmp_path, trials=2, controller=Scripted([a, a, b]))
+        assert [j.proposal_id for j in loop.initial_jobs()] == [2]  # the twin was told from the record
+        loop.complete(second, evaluate_job(second, _ctx()))
+    else:
+        for job in (second, first):
+            loop.complete(job, evaluate_job(job, _ctx()))
+    rows = loop.store.trials("search")
+    assert sorted((r["proposal_id"], r["source"]) for r in rows) == [(0, "trained"), (1, "cache"), (2, "trained")]
+    by_id = {r["proposal_id"]: r for r in rows}
+    assert by_id[1]["reward"] == by_id[0]["reward"] and by_id[1]["key"] == by_id[0]["key"]
+    assert loop.store.count("search") == 2 and loop.store.pending() == [] and loop.done
+    assert sorted(loop.controller.told) == sorted((r["proposal_id"], r["reward"]) for r in rows)
+
+
+def test_resume_with_more_trials_lifts_the_cap_on_proposals(tmp_path):
+    a, _ = _choices_with_macs(0.5, 1.0, seed=1)
+    big, _ = _choices_with_macs(1.5, 50, seed=2)
+    script = [big, big, a]
+
+    def loop(cap):
+        store = Store.open(tmp_path) if Store.is_run(tmp_path) else Store.create(tmp_path, {})
+        return SearchLoop(store, SPACE, Scripted(script), LoopSettings(target=T, trials=1, max_proposals=cap))
+    first = loop(2)
+    LocalEngine(in_process=True).run(first, _ctx())
+    assert first.done and first.stop_reason and first.store.count("search") == 0
+    first.store.close()
+    again = loop(3)  # e.g. resumed with a larger --trials, so a larger cap
+    assert not again.done
+    LocalEngine(in_process=True).run(again, _ctx())
+    assert again.store.count("search") == 1 and not again.stop_reason and again.done
+    assert again.store.get_meta("stop_reason") == ""
 
 
 def test_cost_only_reward_rises_toward_the_target():
