@@ -200,7 +200,7 @@ def _trial_python(cfg: dict) -> str:
 def build_config(nni_cfg: dict, *, code_dir: Path, work_dir: Path, session: Path, concurrency: int,
                  max_trials: int, assessor: str, python: str | None = None) -> Any:
     """An `ExperimentConfig` from the user's YAML plus the fields the engine owns."""
-    from nni.experiment import AlgorithmConfig, CustomAlgorithmConfig, ExperimentConfig
+    from nni.experiment import CustomAlgorithmConfig, ExperimentConfig
 
     fields = dict(nni_cfg)
     exe = python or _trial_python(fields)
@@ -222,9 +222,10 @@ def build_config(nni_cfg: dict, *, code_dir: Path, work_dir: Path, session: Path
     config.search_space = {"proposal": {"_type": "choice", "_value": [0]}}  # mandatory, unused
     config.tuner = CustomAlgorithmConfig(class_name="nas.nni_tuner.ControllerTuner", code_directory=str(code_dir),
                                          class_args={"session": str(session)})
-    if assessor == "medianstop":
-        config.assessor = AlgorithmConfig(name="Medianstop", class_args={"optimize_mode": "maximize",
-                                                                         "start_step": 1})
+    # always ours: it also tells the tuner which job an ending trial ran (nas.nni_assessor)
+    config.assessor = CustomAlgorithmConfig(class_name="nas.nni_assessor.TrackingAssessor", code_directory=str(code_dir),
+                                            class_args={"medianstop": assessor == "medianstop",
+                                                        "optimize_mode": "maximize", "start_step": 1})
     return config
 
 

@@ -89,6 +89,11 @@ def run_trial(params: Any, report_intermediate: Callable[[Any], None]) -> dict:
                            "session": params.get("session") if isinstance(params, dict) else None,
                            "host": socket.gethostname(), "status": "failed", "message": ""}
     t0 = time.time()
+    if "proposal_id" in job_d:  # first report: which job this trial holds (nas.nni_assessor)
+        try:
+            report_intermediate({k: out[k] for k in ("proposal_id", "kind", "session")})
+        except Exception:  # noqa: BLE001 - the trial goes on; only attribution of its end is lost
+            traceback.print_exc()
     try:
         if not job_d:
             raise ValueError(f"no job in the trial parameters: {params!r:.200}")
@@ -101,12 +106,11 @@ def run_trial(params: Any, report_intermediate: Callable[[Any], None]) -> dict:
         key = ArchSpec.from_dict(job.spec).key()
         if key != job.key:
             raise ValueError(f"spec does not match its key ({key} != {job.key})")
-        curve: list[float] = []
+        mark = {"proposal_id": job.proposal_id, "kind": job.kind, "session": out["session"]}  # nas.nni_assessor
 
         def on_epoch(*args: Any, **kwargs: Any) -> None:
             acc = kwargs.get("accuracy", args[-1] if args else None)
-            curve.append(float(acc))
-            report_intermediate({"default": float(acc), "proposal_id": job.proposal_id, "kind": job.kind})
+            report_intermediate({"default": float(acc), **mark})
 
         fn, hooked = _with_epoch_hook(load_evaluator(ctx.evaluator), on_epoch)
         result = evaluate_job(job, ctx, fn)
@@ -115,7 +119,7 @@ def run_trial(params: Any, report_intermediate: Callable[[Any], None]) -> dict:
             out[name] = data.get(name)
         if not hooked:  # no per-epoch hook: the curve is reported once training is over
             for acc in data.get("epoch_accuracies") or []:
-                report_intermediate({"default": float(acc), "proposal_id": job.proposal_id, "kind": job.kind})
+                report_intermediate({"default": float(acc), **mark})
         if out["status"] in ("ok", "skipped") and out.get("accuracy") is not None:
             out["default"] = float(reward(float(out["accuracy"]), job.macs, ctx.target, ctx.alpha, ctx.beta))
     except BaseException as exc:  # noqa: BLE001 - every failure must become a result

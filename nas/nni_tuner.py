@@ -11,7 +11,8 @@ records, checkpoints) is the same code:
     generate_parameters  -> pending jobs first (resume), then source.next_job()
                             (controller.ask() behind it)
     receive_trial_result -> source.complete(job, result)   (tell + record + checkpoint)
-    trial_end(False)     -> source.complete(job, failed)    (tell_failure)
+    trial_end(False)     -> source.complete(job, failed)    (tell_failure; the job is
+                            the one the trial named, via nas.nni_assessor)
 
 Misattribution guard: NNI may pair one trial's parameters with another trial's
 result. A result is matched to its job by the (kind, proposal id) the trial reports
@@ -31,6 +32,7 @@ from typing import Any
 import nni
 from nni.tuner import Tuner
 
+from nas.nni_assessor import take_ended_identity
 from nas.result import TrialResult
 from nas.store import Store
 
@@ -70,7 +72,6 @@ class ControllerTuner(Tuner):
         self.lock = threading.RLock()
         self.queue = list(self.source.initial_jobs())   # pending (re-queued) jobs first
         self.inflight: dict[tuple[str, int], Any] = {}  # (kind, proposal id) -> job handed to NNI
-        self.by_parameter: dict[int, tuple[str, int]] = {}
         self.started: dict[tuple[str, int], float] = {}
 
     # -- NNI calls ------------------------------------------------------------------------
@@ -88,7 +89,6 @@ class ControllerTuner(Tuner):
                 raise nni.NoMoreTrialError("no job to start now")
             ident = (job.kind, int(job.proposal_id))
             self.inflight[ident] = job
-            self.by_parameter[parameter_id] = ident
             self.started[ident] = time.time()
             return {"job": job.to_dict(), "ctx": self.ctx, "session": self.token}
 
@@ -121,14 +121,21 @@ class ControllerTuner(Tuner):
     def trial_end(self, parameter_id: int, success: bool, **kwargs: Any) -> None:
         """A trial that ended without a result (assessor stop, cancel, kill).
 
-        NNI's parameter id is the only link here, and may be wrong (seen with NNI 3.0); a job
-        already completed from its own report is never completed twice.
+        NNI's `parameter_id` here may name another trial's job (it pairs by submission
+        order), so it is not used. The job is the one the trial itself named in its first
+        intermediate report, sent right after it read its parameters (handed over by
+        `nas.nni_assessor`). A trial that named none never held a job. A job already
+        completed from its own report is never completed twice.
         """
-        if success:
+        reported = take_ended_identity()
+        if success or reported is None:
             return
         with self.lock:
-            ident = self.by_parameter.get(parameter_id)
-            job = self.inflight.get(ident) if ident is not None else None
+            if reported[2] != self.token:
+                _log.error("end of a trial from another session ignored: %r", reported)
+                return
+            ident = (reported[0], reported[1])
+            job = self.inflight.get(ident)
             if job is not None:
                 self._complete(job, TrialResult(status="failed", message="trial ended without a result "
                                                 "(early-stopped by the assessor, cancelled or killed)"), {})

@@ -187,13 +187,112 @@ def test_tuner_records_by_what_the_trial_reports_not_by_nni_ids(tmp_path):
     assert store.pending() == []
 
 
+class _Dispatcher:
+    """NNI's own MsgDispatcher (no channel) around our tuner and assessor: the real call order."""
+
+    def __init__(self, tuner, medianstop: bool = False):
+        from nni.runtime.msg_dispatcher import MsgDispatcher
+
+        from nas.nni_assessor import TrackingAssessor
+
+        self.run = f"{id(self)}-"  # NNI keeps trial histories in module globals: unique trial ids
+        self.d = MsgDispatcher("ws://_unittest_", tuner, TrackingAssessor(medianstop=medianstop))
+        self.tuner = tuner
+
+    def generate(self, parameter_id: int) -> dict:
+        """What handle_request_trial_jobs does, minus sending the parameters to the manager."""
+        from nni.runtime.msg_dispatcher import _pack_parameter
+
+        params = self.tuner.generate_parameters(parameter_id)
+        _pack_parameter(parameter_id, params)
+        return params
+
+    def epoch(self, trial: str, parameter_id: int, params: dict, acc: float = 0.5, seq: int = 0):
+        from nni.common.serializer import dump
+
+        job = params["job"]
+        value = {"default": acc, "proposal_id": job["proposal_id"], "kind": job["kind"], "session": params["session"]}
+        self.d.handle_report_metric_data({"parameter_id": parameter_id, "trial_job_id": self.run + trial,
+                                          "type": "PERIODICAL", "sequence": seq, "value": dump(value)})
+
+    def start(self, trial: str, parameter_id: int, params: dict):
+        """The trial's first report, exactly as `run_trial` sends it."""
+        from nni.common.serializer import dump
+
+        reports = []
+        run_trial(dict(params, ctx=dict(params["ctx"], evaluator="nas.nni_trial:hash_evaluate")), reports.append)
+        assert "default" not in reports[0] and reports[0]["proposal_id"] == params["job"]["proposal_id"]
+        self.d.handle_report_metric_data({"parameter_id": parameter_id, "trial_job_id": self.run + trial,
+                                          "type": "PERIODICAL", "sequence": 0, "value": dump(reports[0])})
+
+    def final(self, trial: str, parameter_id: int, value: dict):
+        from nni.common.serializer import dump
+
+        self.d.handle_report_metric_data({"parameter_id": parameter_id, "trial_job_id": self.run + trial,
+                                          "type": "FINAL", "sequence": 0, "value": dump(value)})
+
+    def end(self, trial: str, nni_parameter_id: int, event: str):
+        from nni.common.serializer import dump
+
+        self.d.handle_trial_end({"trial_job_id": self.run + trial, "event": event,
+                                 "hyper_params": dump({"parameter_id": nni_parameter_id, "parameters": {}})})
+
+
+def test_an_ended_trial_fails_the_job_it_ran_not_the_one_nni_names(tmp_path):
+    """NNI pairs trial ends with parameters by submission order; the trial's own reports decide."""
+    space, store, tuner = _tuner(tmp_path, trials=4)
+    nni_side = _Dispatcher(tuner)
+    p0, p1 = nni_side.generate(10), nni_side.generate(11)
+    # trial A was submitted for parameter 10 but read p1; trial B the other way round
+    nni_side.epoch("A", 11, p1)
+    nni_side.epoch("B", 10, p0)
+    nni_side.end("A", 10, "EARLY_STOPPED")                  # NNI names parameter 10: p0
+    rows = {r["proposal_id"]: r for r in store.trials()}
+    assert list(rows) == [p1["job"]["proposal_id"]] and rows[p1["job"]["proposal_id"]]["status"] == "failed"
+    nni_side.final("B", 10, _report(p0))                    # p0 was still in flight: its result counts
+    nni_side.end("B", 11, "SUCCEEDED")
+    rows = {r["proposal_id"]: r for r in store.trials()}
+    assert rows[p0["job"]["proposal_id"]]["status"] == "ok"
+    assert rows[p0["job"]["proposal_id"]]["accuracy"] == pytest.approx(hash_accuracy(p0["job"]["key"]))
+    # a trial that ended before naming a job held none; one killed after its first report did
+    p2, p3 = nni_side.generate(12), nni_side.generate(13)
+    nni_side.end("C", 12, "FAILED")
+    assert len(store.trials()) == 2
+    nni_side.start("D", 12, p3)
+    nni_side.start("E", 13, p2)
+    nni_side.final("D", 12, _report(p3))
+    nni_side.end("D", 12, "SUCCEEDED")
+    nni_side.end("E", 12, "USER_CANCELED")                  # killed before its first epoch
+    rows = {r["proposal_id"]: r for r in store.trials()}
+    assert rows[p2["job"]["proposal_id"]]["status"] == "failed"
+    assert rows[p3["job"]["proposal_id"]]["status"] == "ok"
+    assert tuner.source.controller.ledger.pending == {} and store.pending() == []
+
+
+def test_tracking_assessor_runs_medianstop_only_when_asked(tmp_path):
+    from nni.assessor import AssessResult
+
+    from nas.nni_assessor import TrackingAssessor
+
+    def bad_after_good_ones(assessor):
+        for t in ("a", "b"):
+            assessor.assess_trial(t, [{"default": 0.9, "proposal_id": 1, "kind": "search"}] * 2)
+            assessor.trial_end(t, True)
+        return assessor.assess_trial("c", [{"default": 0.1, "proposal_id": 3, "kind": "search"}] * 2)
+
+    assert bad_after_good_ones(TrackingAssessor(medianstop=True, start_step=1)) == AssessResult.Bad
+    assert bad_after_good_ones(TrackingAssessor(medianstop=False)) == AssessResult.Good
+
+
 def test_tuner_trial_end_failure_and_resume_requeues_pending(tmp_path):
     import nni
 
     space, store, tuner = _tuner(tmp_path, trials=3)
     p0, p1 = tuner.generate_parameters(10), tuner.generate_parameters(11)
-    tuner.trial_end(10, success=False)                      # e.g. stopped by the assessor
-    tuner.trial_end(10, success=False)                      # repeated: nothing more
+    nni_side = _Dispatcher(tuner)
+    nni_side.epoch("A", 10, p0)
+    nni_side.end("A", 10, "EARLY_STOPPED")                  # stopped by the assessor
+    nni_side.end("A", 10, "EARLY_STOPPED")                  # repeated: nothing more
     rows = store.trials()
     assert [(r["proposal_id"], r["status"]) for r in rows] == [(p0["job"]["proposal_id"], "failed")]
     # the dispatcher dies with p1 running; a new tuner re-issues p1 first (same proposal)
@@ -251,7 +350,8 @@ def test_config_checks_and_examples(tmp_path):
     gpu = engine_nni.load_nni_config(str(ROOT / "examples" / "nni_local_gpu.yaml"))
     cfg = engine_nni.build_config(gpu, code_dir=tmp_path, work_dir=tmp_path, session=tmp_path / "s",
                                   concurrency=2, max_trials=5, assessor="medianstop")
-    assert cfg.training_service.use_active_gpu is not None and cfg.assessor.name == "Medianstop"
+    assert cfg.training_service.use_active_gpu is not None
+    assert cfg.assessor.class_name == "nas.nni_assessor.TrackingAssessor" and cfg.assessor.class_args["medianstop"]
     bad = {"trainingService": {"platform": "local"}, "trialGpuNumber": 1}
     with pytest.raises(UserError, match="useActiveGpu"):
         engine_nni.build_config(bad, code_dir=tmp_path, work_dir=tmp_path, session=tmp_path / "s",
