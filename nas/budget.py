@@ -48,6 +48,15 @@ class ProxyBudget:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def at_resolution(self, resolution: int) -> "ProxyBudget":
+        """This budget for a network run at `resolution` instead of `target_resolution`.
+
+        Compound scaling's γ: the proxy resolution grows by the same factor (so γ changes
+        what is learned, not only what is counted) and cost is counted at `resolution`.
+        """
+        proxy = max(1, int(round(self.resolution * resolution / self.target_resolution)))
+        return dataclasses.replace(self, resolution=proxy, target_resolution=int(resolution))
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ProxyBudget":
         names = {f.name for f in dataclasses.fields(cls)}

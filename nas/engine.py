@@ -88,16 +88,18 @@ class EvalContext:
     alpha: float = -0.07
     beta: float = -0.07
     evaluator: str = DEFAULT_EVALUATOR   # 'module:function'
+    per_spec_resolution: bool = False    # grid: each spec trains and is costed at its own resolution
 
     def to_dict(self) -> dict:
         return {"budget": self.budget.to_dict(), "target": self.target, "alpha": self.alpha,
-                "beta": self.beta, "evaluator": self.evaluator}
+                "beta": self.beta, "evaluator": self.evaluator, "per_spec_resolution": self.per_spec_resolution}
 
     @classmethod
     def from_dict(cls, data: dict) -> "EvalContext":
         return cls(budget=ProxyBudget.from_dict(data["budget"]), target=int(data["target"]),
                    alpha=float(data["alpha"]), beta=float(data["beta"]),
-                   evaluator=data.get("evaluator") or DEFAULT_EVALUATOR)
+                   evaluator=data.get("evaluator") or DEFAULT_EVALUATOR,
+                   per_spec_resolution=bool(data.get("per_spec_resolution", False)))
 
 
 def load_evaluator(ref: str | Callable | None) -> Callable[..., Any]:
@@ -128,7 +130,8 @@ def evaluate_job(job: Job, ctx: EvalContext, evaluator: Callable | None = None) 
     try:
         fn = evaluator or load_evaluator(ctx.evaluator)
         spec = ArchSpec.from_dict(job.spec)
-        result = fn(spec, ctx.budget, ctx.target, ctx.alpha, ctx.beta)
+        budget = ctx.budget.at_resolution(spec.resolution) if ctx.per_spec_resolution else ctx.budget
+        result = fn(spec, budget, ctx.target, ctx.alpha, ctx.beta)
         if isinstance(result, dict):
             result = TrialResult.from_dict(result)
         if not isinstance(result, TrialResult):

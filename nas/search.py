@@ -243,7 +243,6 @@ def run(argv: Sequence[str] | None = None) -> int:
 def _search(setup: Setup, store: Any, t0: float) -> int:
     from nas import report
     from nas.engine import SearchLoop
-    from nas.engine_local import LocalEngine
 
     opts = setup.opts
     out = Path(opts["out"])
@@ -269,18 +268,9 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
     interrupted = False
     old_term = signal.signal(signal.SIGTERM, _sigterm) if _main_thread() else None
     try:
+        _run_engine(setup, loop, setup.ctx)
         if opts["engine"] == "nni":
-            from nas import engine_nni
-            _run_nni(engine_nni, {"source": loop, "eval_ctx": setup.ctx, "space": setup.space, "controller": controller,
-                            "budget": setup.budget, "target": setup.settings.target, "alpha": opts["alpha"],
-                            "beta": opts["beta"], "trials": setup.settings.trials, "out_dir": str(out),
-                            "args": _namespace({**opts, "workers": len(setup.slots)}), "evaluator": opts["evaluator"],
-                            "log": lambda m: _log(opts, m)})
             loop.reload()
-        else:
-            grace = min(30.0, 0.25 * float(opts["trial_timeout"]))
-            engine = LocalEngine(setup.slots, trial_timeout=float(opts["trial_timeout"]) + grace)
-            engine.run(loop, setup.ctx)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -365,15 +355,19 @@ def _hand_off(setup: Setup, store: Any, best: dict) -> Optional[list]:
 
 def _grid(setup: Setup, store: Any, b0: Any) -> tuple[float, float, float]:
     """scaling.grid with the search's evaluate and engine; resumable through the store."""
+    import dataclasses
+
     from nas.engine import BatchSource
-    from nas.engine_local import LocalEngine
     from scaling.grid import grid_candidates, grid_search, save_grid_table
+
+    # every candidate trains at the proxy resolution scaled by its γ and is costed at its
+    # own resolution (the same rule as `python -m scaling grid`)
+    ctx = dataclasses.replace(setup.ctx, per_spec_resolution=True)
 
     def evaluate(specs: list) -> list:
         source = BatchSource(store, specs, kind="grid", target=setup.settings.target,
                              alpha=setup.settings.alpha, beta=setup.settings.beta)
-        grace = min(30.0, 0.25 * float(setup.opts["trial_timeout"]))
-        LocalEngine(setup.slots, trial_timeout=float(setup.opts["trial_timeout"]) + grace).run(source, setup.ctx)
+        _run_engine(setup, source, ctx)
         return source.results()
 
     result = grid_search(b0, evaluate, grid_candidates(float(setup.opts["grid_step"]),
@@ -385,6 +379,19 @@ def _grid(setup: Setup, store: Any, b0: Any) -> tuple[float, float, float]:
         print("warning: no grid candidate trained ok; using the default coefficients", file=sys.stderr)
         return float(setup.opts["alpha_scale"]), float(setup.opts["beta_scale"]), float(setup.opts["gamma_scale"])
     return result.best["alpha"], result.best["beta"], result.best["gamma"]
+
+
+def _run_engine(setup: Setup, source: Any, ctx: Any) -> None:
+    """Run a job source (the search loop, the grid's batch) on the chosen engine."""
+    opts = setup.opts
+    if opts["engine"] == "nni":
+        from nas import engine_nni
+        _run_nni(engine_nni, {"source": source, "eval_ctx": ctx, "log": lambda m: _log(opts, m),
+                              "args": _namespace({**opts, "workers": len(setup.slots)})})
+    else:
+        from nas.engine_local import LocalEngine
+        grace = min(30.0, 0.25 * float(opts["trial_timeout"]))
+        LocalEngine(setup.slots, trial_timeout=float(opts["trial_timeout"]) + grace).run(source, ctx)
 
 
 def _run_nni(engine_nni: Any, ctx: dict) -> None:

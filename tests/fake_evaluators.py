@@ -70,3 +70,10 @@ def by_name(spec, budget, target, alpha=-0.07, beta=-0.07):
         return ok(spec, budget, target, alpha, beta)
     fn = {"raise": raises, "nan": nan, "hang": hang, "exit": exits}.get(spec.name, ok)
     return fn(spec, budget, target, alpha, beta)
+
+
+def by_resolution(spec, budget, target, alpha=-0.07, beta=-0.07):
+    """Accuracy = proxy resolution / 1000: shows which resolution a trial trained at."""
+    if budget.target_resolution != spec.resolution and budget.target_resolution != 224:
+        raise ValueError(f"costed at {budget.target_resolution}, spec runs at {spec.resolution}")
+    return TrialResult(status="ok", accuracy=budget.resolution / 1000)

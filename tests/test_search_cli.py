@@ -53,6 +53,25 @@ def test_outputs_of_a_search(tmp_path, capsys):
     assert main(["--target-flops", "400M", "--out", str(out), *FAST]) == 2
 
 
+def test_scale_grid_trains_each_candidate_at_its_own_resolution(tmp_path, capsys):
+    """γ must change what is learned: a candidate at 280 px trains at 32 * 280 / 224 = 40 px."""
+    out = tmp_path / "run"
+    rc = main(["--target-flops", "400M", "--trials", "3", "--workers", "1", "--out", str(out), "--reference",
+               "none", "--scale-grid", "--grid-step", "0.25", "--grid-tol", "0.2", "--device", "cpu",
+               "--evaluator", "tests.fake_evaluators:by_resolution"])
+    assert rc == 0, capsys.readouterr().err
+    rows = list(csv.DictReader((out / "grid" / "grid.csv").open()))
+    assert {int(r["resolution"]) for r in rows} == {224, 280}
+    for r in rows:
+        assert r["status"] == "ok"
+        assert float(r["accuracy"]) == pytest.approx(round(32 * int(r["resolution"]) / 224) / 1000)
+    with Store.open(out) as st:
+        assert len(st.trials("grid")) == 3
+    # the family is scaled with the grid's winner (α, β, γ) = (1.25, 1.0, 1.25): the one at 280 px
+    b1 = next(r for r in csv.DictReader((out / "family" / "family.csv").open()) if r["name"] == "b1")
+    assert (float(b1["depth"]), float(b1["width"]), int(b1["resolution"])) == (1.25, 1.0, 280)
+
+
 def test_config_file_and_command_line_override(tmp_path, capsys):
     conf = tmp_path / "c.yaml"
     conf.write_text("trials: 5\ncontroller: random\ncost-window: [0.25, 1.0]\nno_scale: true\n"
