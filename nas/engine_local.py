@@ -138,7 +138,8 @@ class LocalEngine:
         self.poll = poll
         self.mp = mp.get_context(start_method)
         self.workers: list[_Worker] = []
-        self.replaced = 0
+        self.replaced = 0          # workers replaced (timeouts and deaths), for reports and tests
+        self.startup_deaths = 0    # consecutive deaths before "ready": a broken worker set-up
 
     # -- public ---------------------------------------------------------------------------
     def run(self, source: JobSource, ctx: EvalContext) -> None:
@@ -235,7 +236,7 @@ class LocalEngine:
                 except (EOFError, OSError):
                     message = None
                 if message is not None and message[0] == "ready":
-                    w.ready = True
+                    w.ready, self.startup_deaths = True, 0
                     continue
                 if message is not None and message[0] == "result":
                     job, w.job = w.job, None
@@ -252,8 +253,10 @@ class LocalEngine:
                         source.complete(job, TrialResult(status="failed", wall_time=now - w.started,
                                                          message=f"worker process died (exit code {code})"),
                                         worker=w.name, started_at=w.started, finished_at=now)
-                    elif not w.ready and self.replaced > 10 * len(self.slots):
-                        raise EngineError(f"worker processes keep dying at start-up (exit code {code})")
+                    elif not w.ready:
+                        self.startup_deaths += 1
+                        if self.startup_deaths > 10 * len(self.slots):
+                            raise EngineError(f"worker processes keep dying at start-up (exit code {code})")
             if self.trial_timeout:
                 for i, w in enumerate(self.workers):
                     if w.job is not None and now - w.started >= self.trial_timeout:

@@ -356,8 +356,10 @@ class NniEngine:
             sig = (len(seen), tuple(sorted((j.trialJobId, j.status) for j in jobs)))
             if sig != last_sig or active:
                 last_sig, last_progress = sig, time.monotonic()
-            elif status in ("DONE", "STOPPED"):
-                return
+            elif status in ("DONE", "STOPPED") and time.monotonic() - last_progress > min(self.watchdog, 10.0):
+                # nothing runs, nothing arrives, and the search is not done: say so, never "finished"
+                raise RuntimeError(f"NNI experiment {exp.id} ended ({status}) before the search was done "
+                                   f"({len(seen)} records; logs: {logs}); the store is intact: rerun with --resume")
             elif time.monotonic() - last_progress > self.watchdog:
                 raise RuntimeError(f"NNI made no progress for {self.watchdog:g} s (status {status}, no trial "
                                    f"running, {len(seen)} records): experiment stopped; the store is intact: "

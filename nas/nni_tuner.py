@@ -147,8 +147,9 @@ class ControllerTuner(Tuner):
         worker = f"nni:{trial_id}@{value.get('host')}" if trial_id else "nni"
         wall = float(value.get("wall_time") or 0.0)
         finished = time.time()
+        handed_out = self.started.pop(ident, None)
         self.source.complete(job, result, worker=worker,
-                             started_at=(finished - wall) if wall else self.started.pop(ident, None),
+                             started_at=(finished - wall) if wall else handed_out,
                              finished_at=finished, extra={"nni_trial_id": trial_id, "host": value.get("host")})
 
     def _on_exit(self) -> None:

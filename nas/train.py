@@ -259,7 +259,7 @@ def _run(spec, budget: ProxyBudget, data: ProxyData, state: dict, start: float,
 
 
 def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):  # GPU memory, or host memory
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

@@ -192,6 +192,48 @@ def test_failures_are_isolated_and_recorded(tmp_path):
     assert src.done and engine.workers == []
 
 
+class _DeadOnArrival(LocalEngine):
+    """Spawns whose number is in `dead` start a worker that dies before it is ready."""
+
+    def __init__(self, *args, dead=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.spawns, self.dead = 0, dead
+
+    def _spawn(self, index, ctx):
+        import os
+
+        from nas.engine_local import _Worker
+
+        self.spawns += 1
+        if self.spawns not in self.dead:
+            return super()._spawn(index, ctx)
+        parent, child = self.mp.Pipe()
+        proc = self.mp.Process(target=os._exit, args=(3,), daemon=True)
+        proc.start()
+        child.close()
+        return _Worker(name=f"cpu-{index}", device="cpu", proc=proc, conn=parent)
+
+
+def test_one_startup_death_after_many_replacements_is_not_fatal(tmp_path):
+    b0 = zoo.get("efficientnet-b0")
+    specs = [dataclasses.replace(b0, name="exit", dropout=0.01 * i) for i in range(12)] + [b0]
+    src = BatchSource(Store.create(tmp_path, {}), specs, target=T)
+    engine = _DeadOnArrival(["cpu"], dead={13})  # the replacement after the 12th death dies at start
+    engine.run(src, _ctx("tests.fake_evaluators:by_name"))
+    statuses = [r.status for r in src.results()]
+    assert statuses == ["failed"] * 12 + ["ok"] and engine.replaced == 13
+
+
+def test_workers_that_keep_dying_at_startup_stop_the_run(tmp_path):
+    from nas.engine_local import EngineError
+
+    src = BatchSource(Store.create(tmp_path, {}), [zoo.get("efficientnet-b0")], target=T)
+    engine = _DeadOnArrival(["cpu"], dead=range(1, 100))
+    with pytest.raises(EngineError, match="keep dying at start-up"):
+        engine.run(src, _ctx())
+    assert engine.spawns == 12 and engine.workers == []
+
+
 def test_results_arrive_in_completion_order(tmp_path):
     b0 = zoo.get("efficientnet-b0")
     specs = [dataclasses.replace(b0, name=n) for n in ("sleep1.5", "sleep0", "sleep0.1", "sleep0")]

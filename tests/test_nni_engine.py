@@ -535,3 +535,30 @@ def test_unreachable_manager_is_a_one_line_runtime_error(tmp_path):
         engine._poll(Exp(), Source())
     assert "\n" not in str(info.value)
     Source.store.close()
+
+
+def test_experiment_that_ends_before_the_search_is_done_is_an_error(tmp_path):
+    class Exp:
+        id = "abc"
+
+        class config:
+            experiment_working_directory = str(tmp_path)
+
+        def get_status(self):
+            return "DONE"
+
+        def list_trial_jobs(self):
+            return []
+
+    class Source:
+        store = Store.create(tmp_path / "run", {"test": "nni"})
+        listeners: list = []
+        done = False
+
+    engine = engine_nni.NniEngine(log=lambda m: None)
+    engine.poll, engine.watchdog = 0.01, 0.05
+    with pytest.raises(RuntimeError, match="ended \\(DONE\\) before the search was done.*--resume"):
+        engine._poll(Exp(), Source())
+    Source.done = True
+    engine._poll(Exp(), Source())                          # done: returns quietly
+    Source.store.close()

@@ -104,6 +104,7 @@ class _Boom(torch.nn.Module):
 
 @pytest.mark.parametrize("exc, status, message", [
     (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), "oom", "OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB"),
+    (MemoryError("cannot allocate 40 GiB"), "oom", "MemoryError: cannot allocate 40 GiB"),
     (ValueError("boom\nsecond line"), "failed", "ValueError: boom"),
 ])
 def test_exceptions_become_results(digits, monkeypatch, exc, status, message):
