@@ -302,12 +302,32 @@ def run_grid(b0: ArchSpec, out_dir: str | Path, budget, target: int | None = Non
     return result
 
 
+def _check_budget_args(args) -> None:
+    """The proxy-budget options, checked before anything trains (else every candidate just fails)."""
+    import math
+
+    from nas.budget import DATASETS
+    from nas.data import resolve_device  # raises nas.errors.UserError: one line, exit 2
+    if args.proxy_resolution < 1:
+        raise ScalingError(f"--proxy-resolution must be >= 1, got {args.proxy_resolution}")
+    if args.batch_size < 1:
+        raise ScalingError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not (math.isfinite(args.proxy_epochs) and args.proxy_epochs > 0):
+        raise ScalingError(f"--proxy-epochs must be a finite number > 0, got {args.proxy_epochs:g}")
+    if args.proxy_steps is not None and args.proxy_steps < 1:
+        raise ScalingError(f"--proxy-steps must be >= 1, got {args.proxy_steps}")
+    if str(args.dataset).lower() not in DATASETS:
+        raise ScalingError(f"--dataset {args.dataset!r}: expected one of {', '.join(DATASETS)}")
+    if args.data_dir and not Path(args.data_dir).is_dir():
+        raise ScalingError(f"--data-dir {args.data_dir}: no such folder")
+    resolve_device(args.device)
+
+
 def cmd_grid(args) -> int:
     b0 = load_baseline(args.spec)
     from nas.budget import ProxyBudget
     from nas.reward import parse_count
-    if args.proxy_resolution < 1:
-        raise ScalingError(f"--proxy-resolution must be >= 1, got {args.proxy_resolution}")
+    _check_budget_args(args)
     target = parse_count(args.target_flops, "--target-flops") if args.target_flops is not None else None
     budget = ProxyBudget(dataset=args.dataset, data_dir=args.data_dir, resolution=args.proxy_resolution,
                          target_resolution=b0.resolution, epochs=args.proxy_epochs, steps=args.proxy_steps,

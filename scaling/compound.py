@@ -12,12 +12,16 @@ import math
 import re
 from typing import Iterable, NamedTuple, Sequence
 
+from search_space.space import round_channels
 from search_space.spec import ArchSpec
 
 from .errors import ScalingError
 
 # The paper's coefficients, found by its grid search at φ = 1.
 PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA = 1.2, 1.1, 1.15
+
+# At most this many φ values in one family (`--phis 0-1e6:1e-6` would otherwise exhaust memory).
+MAX_PHIS = 1000
 
 # Resolution rule for the formula mode: the scaled resolution rounds to the nearest
 # multiple of 4. The published resolutions (224, 240, 260, 300, 380, 456, 528, 600)
@@ -60,11 +64,7 @@ class FamilyMember(NamedTuple):
 
 def round_filters(channels: int, width: float, divisor: int = 8) -> int:
     """Scale a channel count by `width`, to a multiple of `divisor`, never > 10 % below."""
-    c = channels * width
-    new = max(divisor, int(c + divisor / 2) // divisor * divisor)
-    if new < 0.9 * c:
-        new += divisor
-    return int(new)
+    return round_channels(channels * width, divisor)
 
 
 def round_repeats(repeats: int, depth: float) -> int:
@@ -130,6 +130,8 @@ def check_phis(phis: Iterable[float]) -> list[float]:
     phis = [float(p) for p in phis]
     if not phis:
         raise ScalingError("the φ range is empty")
+    if len(phis) > MAX_PHIS:
+        raise ScalingError(f"the φ range has {len(phis)} values; at most {MAX_PHIS} are allowed")
     for p in phis:
         if math.isnan(p) or math.isinf(p) or p < 0:
             raise ScalingError(f"φ must be a finite number >= 0, got {p:g}")
@@ -146,8 +148,12 @@ def derive_family(b0: ArchSpec, alpha: float = PAPER_ALPHA, beta: float = PAPER_
     check_coefficients(alpha, beta, gamma)
     members = []
     for phi in check_phis(phis):
-        d, w = alpha ** phi, beta ** phi
-        res = b0.resolution if phi == 0 else round_resolution(b0.resolution * gamma ** phi, resolution_multiple)
+        try:
+            d, w = alpha ** phi, beta ** phi
+            res = b0.resolution if phi == 0 else round_resolution(b0.resolution * gamma ** phi, resolution_multiple)
+        except OverflowError:
+            raise ScalingError(f"φ = {phi:g} with alpha={alpha:g}, beta={beta:g}, gamma={gamma:g} "
+                               "overflows: use a smaller φ") from None
         name = member_name(b0.name, phi)
         spec = scale(b0, w, d, res, dropout=scaled_dropout(b0.dropout, phi), name=name)
         members.append(FamilyMember(name, phi, round(w, 6), round(d, 6), res, spec))
@@ -197,6 +203,8 @@ def parse_phis(text: str) -> list[float]:
         if step <= 0:
             raise ScalingError(f"φ range {part!r}: step must be positive")
         n = int(math.floor((stop - start) / step + 1e-9))
+        if len(phis) + n + 1 > MAX_PHIS:
+            raise ScalingError(f"φ range {part!r} has more than {MAX_PHIS} values")
         phis.extend(round(start + i * step, 9) for i in range(n + 1))
     return check_phis(phis)
 

@@ -27,12 +27,20 @@ class GridResult(NamedTuple):
     best: dict | None
 
 
+# At most this many (α, β, γ) points are enumerated (a tiny --step would otherwise hang).
+MAX_GRID_POINTS = 10 ** 6
+
+
 def _axis(lo: float, hi: float, step: float, label: str) -> list[float]:
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 1:
+    if not math.isfinite(lo) or lo < 1:
         raise ScalingError(f"{label} range must start at >= 1, got {lo:g}")
+    if not math.isfinite(hi):
+        raise ScalingError(f"{label} range must end at a finite number, got {hi:g}")
     if hi < lo:
         raise ScalingError(f"{label} range is empty ({lo:g} to {hi:g})")
     n = int(math.floor((hi - lo) / step + 1e-9))
+    if n >= MAX_GRID_POINTS:
+        raise ScalingError(f"{label} range {lo:g} to {hi:g} in steps of {step:g} is too fine; use a larger step")
     return [round(lo + i * step, 6) for i in range(n + 1)]
 
 
@@ -47,6 +55,9 @@ def grid_candidates(step: float = 0.05, alpha_range: tuple[float, float] = (1.0,
     alphas = _axis(*alpha_range, step, "alpha")
     betas = _axis(*beta_range, step, "beta")
     gammas = _axis(*gamma_range, step, "gamma")
+    if len(alphas) * len(betas) * len(gammas) > MAX_GRID_POINTS:
+        raise ScalingError(f"the grid has {len(alphas) * len(betas) * len(gammas):,} points (at most "
+                           f"{MAX_GRID_POINTS:,}); use a larger step or narrower ranges")
     kept = [(a, b, g) for a in alphas for b in betas for g in gammas if abs(a * b * b * g * g - 2) <= tol + 1e-12]
     if not kept:
         raise ScalingError(f"the grid keeps no point with |α·β²·γ² − 2| <= {tol:g} (step {step:g}); "

@@ -21,7 +21,7 @@ import numpy as np
 
 from .decisions import Decision
 from .errors import SpecError
-from .spec import ACTIVATIONS, CONV_OPS, ArchSpec, BlockSpec
+from .spec import ACTIVATIONS, CONV_OPS, ArchSpec, BlockSpec, _is_real
 
 SKIP_OPS = ("identity", "none")
 
@@ -87,7 +87,7 @@ class SearchSpace:
         if g["activation"] not in ACTIVATIONS:
             self._fail("activation", f"unknown activation {g['activation']!r} (expected one of {', '.join(ACTIVATIONS)})")
         for name in ("dropout", "drop_connect"):
-            if not _is_number(g[name]) or not 0 <= g[name] < 1:
+            if not _is_real(g[name]) or not 0 <= g[name] < 1:
                 self._fail(name, f"must be a number in [0, 1), got {g[name]!r}")
         self.stem_channels: int = g["stem_channels"]
         self.head_channels: int = g["head_channels"]
@@ -172,6 +172,8 @@ class SearchSpace:
             text = path.read_text()
         except OSError as exc:
             raise SpecError(f"{path}: cannot read the space file ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            raise SpecError(f"{path}: not a text file (not UTF-8)") from None
         return cls.from_yaml_text(text, source=str(path))
 
     @classmethod
@@ -229,20 +231,35 @@ class SearchSpace:
 
     @property
     def log10_distinct_size(self) -> float:
-        """log10 of the number of distinct networks (`ArchSpec.key()`) the space decodes to."""
+        """log10 of the number of distinct networks (`ArchSpec.key()`) the space decodes to.
+
+        Exact: `skip` tells networks apart only where a layer can have a residual (more than
+        one layer, or stride 1 with in == out, which depends on the previous block's width),
+        so the count runs block by block over the input width.
+        """
         if self._log10_distinct is None:
-            total = 0.0
+            prefixes = {self.stem_channels: 1}  # input width of the next block -> distinct prefixes
             for i, slots in enumerate(self._slots):
                 opts = dict((f, v) for f, v, _ in slots)
+                base = self.blocks[i]
                 outs = {self._out[i][m] for m in opts["filter_multiplier"]}
-                reps = {max(1, self.blocks[i].repeats + d) for d in opts["layers_delta"]}
-                ops = set()
-                for op, e, se, skip in itertools.product(opts["conv_op"], opts["expand_ratio"],
-                                                         opts["se_ratio"], opts["skip"]):
-                    b = BlockSpec(1, 3, 1, e, 8, 8, se, skip == "identity", op).canonical()
-                    ops.add((b.conv_op, float(b.expand_ratio), float(b.se_ratio), b.skip))
-                total += math.log10(len(outs) * len(reps) * len(opts["kernel"]) * len(ops))
-            self._log10_distinct = total
+                reps = {max(1, base.repeats + d) for d in opts["layers_delta"]}
+                ops = {}  # residual possible? -> number of distinct (op, expansion, SE, skip)
+                for residual in (True, False):
+                    seen = set()
+                    for op, e, se, skip in itertools.product(opts["conv_op"], opts["expand_ratio"],
+                                                             opts["se_ratio"], opts["skip"]):
+                        b = BlockSpec(1, 3, 1 if residual else 2, e, 8, 8, se, skip == "identity", op).canonical()
+                        seen.add((b.conv_op, float(b.expand_ratio), float(b.se_ratio), b.skip))
+                    ops[residual] = len(seen)
+                following: dict[int, int] = {}
+                for cin, n in prefixes.items():
+                    for out in outs:
+                        for r in reps:
+                            residual = r > 1 or (base.stride == 1 and cin == out)
+                            following[out] = following.get(out, 0) + n * len(opts["kernel"]) * ops[residual]
+                prefixes = following
+            self._log10_distinct = math.log10(sum(prefixes.values()))
         return self._log10_distinct
 
     # -- decode / encode -----------------------------------------------------------------
@@ -425,11 +442,11 @@ class SearchSpace:
             problem = f"unknown skip op {v!r} (expected one of {', '.join(SKIP_OPS)})"
         elif name == "kernel" and not (_is_int(v) and v > 0 and v % 2 == 1):
             problem = f"kernel must be a positive odd integer, got {v!r}"
-        elif name == "expand_ratio" and not (_is_number(v) and v >= 1):
+        elif name == "expand_ratio" and not (_is_real(v) and v >= 1):
             problem = f"expansion ratio must be a number >= 1, got {v!r}"
-        elif name == "se_ratio" and not (_is_number(v) and 0 <= v <= 1):
+        elif name == "se_ratio" and not (_is_real(v) and 0 <= v <= 1):
             problem = f"squeeze-excite ratio must be a number in [0, 1], got {v!r}"
-        elif name == "filter_multiplier" and not (_is_number(v) and v > 0):
+        elif name == "filter_multiplier" and not (_is_real(v) and v > 0):
             problem = f"filter multiplier must be a positive number, got {v!r}"
         elif name == "layers_delta" and not _is_int(v):
             problem = f"layers delta must be an integer, got {v!r}"
@@ -467,10 +484,6 @@ def _as_tuple(options: Any) -> tuple[Any, ...]:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _as_rng(rng: Any) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import numbers
 import re
 from dataclasses import dataclass, field
@@ -48,19 +49,19 @@ class BlockSpec:
     def __post_init__(self) -> None:
         if self.conv_op not in CONV_OPS:
             raise SpecError(f"conv_op: unknown operator {self.conv_op!r} (expected one of {', '.join(CONV_OPS)})")
-        if not isinstance(self.repeats, int) or self.repeats < 1:
+        if not _is_int(self.repeats) or self.repeats < 1:
             raise SpecError(f"repeats: must be a positive integer, got {self.repeats!r}")
-        if not isinstance(self.kernel, int) or self.kernel < 1 or self.kernel % 2 == 0:
+        if not _is_int(self.kernel) or self.kernel < 1 or self.kernel % 2 == 0:
             raise SpecError(f"kernel: must be a positive odd integer, got {self.kernel!r}")
-        if self.stride not in (1, 2):
+        if not _is_int(self.stride) or self.stride not in (1, 2):
             raise SpecError(f"stride: must be 1 or 2, got {self.stride!r}")
         for name in ("in_channels", "out_channels"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise SpecError(f"{name}: must be a positive integer, got {value!r}")
         for name in ("expand_ratio", "se_ratio"):
             if not _is_real(getattr(self, name)):
-                raise SpecError(f"{name}: must be a number, got {getattr(self, name)!r}")
+                raise SpecError(f"{name}: must be a finite number, got {getattr(self, name)!r}")
         if not isinstance(self.skip, bool):
             if isinstance(self.skip, str) or self.skip not in (0, 1):
                 raise SpecError(f"skip: must be true or false, got {self.skip!r}")
@@ -123,11 +124,10 @@ class BlockSpec:
                     raise SpecError(f"block string {text!r}: cannot read token {token!r}")
                 key, value = m.groups()
                 if key == "s":
-                    if len(value) == 2 and value[0] != value[1]:
-                        raise SpecError(f"block string {text!r}: unequal strides {value!r} are not supported")
-                    fields["stride"] = int(value[0])
+                    fields["stride"] = _stride(value, f"block string {text!r}")
                 elif key in ("r", "k", "i", "o"):
-                    fields[{"r": "repeats", "k": "kernel", "i": "in_channels", "o": "out_channels"}[key]] = int(float(value))
+                    fields[{"r": "repeats", "k": "kernel", "i": "in_channels", "o": "out_channels"}[key]] = \
+                        _whole(value, token, f"block string {text!r}")
                 elif key == "e":
                     fields["expand_ratio"] = _int_if_whole(float(value))
                 else:
@@ -139,7 +139,11 @@ class BlockSpec:
 
     # -- timm arch definitions -----------------------------------------------------
     def to_timm_string(self) -> str:
-        """`ds_r1_k3_s1_e1_c16_se0.25`, `ir_r2_k3_s2_e6_c24_se0.25`, `cn_r1_k3_s1_c32`."""
+        """`ds_r1_k3_s1_e1_c16_se0.25`, `ir_r2_k3_s2_e6_c24_se0.25`, `cn_r1_k3_s1_c32`.
+
+        timm's `cn` block has a residual only when told `skip` (the others unless `noskip`),
+        so a plain conv block that can have one is written with `_skip`.
+        """
         b = self.canonical()
         kind = {"dsconv": "ds", "mbconv": "ir", "conv": "cn"}[b.conv_op]
         parts = [kind, f"r{b.repeats}", f"k{b.kernel}", f"s{b.stride}"]
@@ -148,7 +152,10 @@ class BlockSpec:
         parts.append(f"c{b.out_channels}")
         if b.se_ratio > 0:
             parts.append(f"se{_num(b.se_ratio)}")
-        if not b.skip:
+        if kind == "cn":
+            if b.skip and (b.repeats > 1 or b.has_residual()):
+                parts.append("skip")
+        elif not b.skip:
             parts.append("noskip")
         return "_".join(parts)
 
@@ -158,11 +165,12 @@ class BlockSpec:
         kinds = {"ds": "dsconv", "ir": "mbconv", "cn": "conv"}
         if not tokens or tokens[0] not in kinds:
             raise SpecError(f"timm block {text!r}: block type must be one of ds, ir, cn")
-        fields: dict[str, Any] = {"conv_op": kinds[tokens[0]], "se_ratio": 0.0, "skip": True,
+        # timm: `ds`/`ir` have a residual unless `noskip`; `cn` has none unless `skip`.
+        fields: dict[str, Any] = {"conv_op": kinds[tokens[0]], "se_ratio": 0.0, "skip": tokens[0] != "cn",
                                   "expand_ratio": 1, "in_channels": in_channels}
         for token in tokens[1:]:
-            if token == "noskip":
-                fields["skip"] = False
+            if token in ("skip", "noskip"):
+                fields["skip"] = token == "skip"
                 continue
             m = re.fullmatch(r"(se|r|k|s|e|c)(\d+(?:\.\d+)?)", token)
             if not m:
@@ -172,8 +180,11 @@ class BlockSpec:
                 fields["se_ratio"] = float(value)
             elif key == "e":
                 fields["expand_ratio"] = _int_if_whole(float(value))
+            elif key == "s":
+                fields["stride"] = _stride(value, f"timm block {text!r}")
             else:
-                fields[{"r": "repeats", "k": "kernel", "s": "stride", "c": "out_channels"}[key]] = int(value[0] if key == "s" else float(value))
+                fields[{"r": "repeats", "k": "kernel", "c": "out_channels"}[key]] = \
+                    _whole(value, token, f"timm block {text!r}")
         missing = [k for k in ("repeats", "kernel", "stride", "out_channels") if k not in fields]
         if missing:
             raise SpecError(f"timm block {text!r}: missing {', '.join(missing)}")
@@ -200,13 +211,15 @@ class ArchSpec:
             raise SpecError("blocks: a network needs at least one block")
         for name in ("stem_channels", "head_channels", "resolution", "num_classes"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise SpecError(f"{name}: must be a positive integer, got {value!r}")
+        if not isinstance(self.name, str):
+            raise SpecError(f"name: must be a string, got {self.name!r}")
         if self.activation not in ACTIVATIONS:
             raise SpecError(f"activation: unknown {self.activation!r} (expected one of {', '.join(ACTIVATIONS)})")
         for name in ("dropout", "drop_connect"):
             if not _is_real(getattr(self, name)):
-                raise SpecError(f"{name}: must be a number, got {getattr(self, name)!r}")
+                raise SpecError(f"{name}: must be a finite number, got {getattr(self, name)!r}")
         if not 0 <= self.dropout < 1 or not 0 <= self.drop_connect < 1:
             raise SpecError("dropout and drop_connect must lie in [0, 1)")
         expected_in = self.stem_channels
@@ -255,9 +268,11 @@ class ArchSpec:
         strings = data.pop("block_strings", None)
         blocks = data.pop("blocks", None)
         if blocks is None:
-            blocks = strings
+            blocks, strings = strings, None
         if not blocks:
             raise SpecError("blocks: missing or empty")
+        if not isinstance(blocks, (list, tuple)):
+            raise SpecError("blocks: expected a list of block mappings or block strings")
         known = {f.name for f in dataclasses.fields(cls)} - {"blocks"}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -282,6 +297,17 @@ class ArchSpec:
                     raise SpecError(f"blocks[{i}].{exc}") from None
             else:
                 raise SpecError(f"blocks[{i}]: expected a mapping or a block string")
+        if strings is not None:  # `to_dict` writes both: an edit of one must not be silently ignored
+            if not isinstance(strings, (list, tuple)) or len(strings) != len(parsed):
+                raise SpecError("block_strings: does not match blocks (edit one of them and delete the other)")
+            for i, (text, block) in enumerate(zip(strings, parsed)):
+                try:
+                    same = BlockSpec.from_tf_string(str(text)).canonical() == block.canonical()
+                except SpecError:
+                    same = False
+                if not same:
+                    raise SpecError(f"block_strings[{i}]: {text!r} does not match blocks[{i}] "
+                                    "(edit one of them and delete the other)")
         return cls(blocks=tuple(parsed), **data)
 
     def to_json(self) -> str:
@@ -321,6 +347,8 @@ class ArchSpec:
             text = path.read_text()
         except OSError as exc:
             raise SpecError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            raise SpecError(f"{path}: not a text file (not UTF-8)") from None
         try:
             return cls.from_yaml(text)
         except SpecError as exc:
@@ -353,8 +381,27 @@ class ArchSpec:
 
 
 def _is_real(x: Any) -> bool:
-    """A real number, not a bool or a string (YAML may hand over either)."""
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+    """A finite real number, not a bool or a string (YAML may hand over either, or .nan/.inf)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_int(x: Any) -> bool:
+    """A Python int, not a bool (YAML's `true` is not a width)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _whole(value: str, token: str, where: str) -> int:
+    """An integer token of a block string (`r2`, `k3`, `c24`): `k3.5` is an error, not 3."""
+    if not value.isdigit():
+        raise SpecError(f"{where}: {token!r} needs a whole number")
+    return int(value)
+
+
+def _stride(value: str, where: str) -> int:
+    """`s2` or the TF reference's `s22`; unequal (`s12`) or longer strides are errors."""
+    if not value.isdigit() or len(value) > 2 or (len(value) == 2 and value[0] != value[1]):
+        raise SpecError(f"{where}: stride {value!r} is not supported (expected s1, s2, s11 or s22)")
+    return int(value[0])
 
 
 def _num(x: float) -> str:

@@ -185,7 +185,8 @@ def test_parse_phis(text, expected):
 
 @pytest.mark.parametrize("text, message", [
     ("7-1", "empty"), ("-1-3", "negative"), ("1--3", "negative"), ("", "empty"), ("a-b", "cannot read"),
-    ("1-3:0", "step"), ("1..2", "cannot read"),
+    ("1-3:0", "step"), ("1..2", "cannot read"), ("0-1000000:0.000001", "more than 1000 values"),
+    ("1-2000", "more than 1000 values"),
 ])
 def test_parse_phis_rejects(text, message):
     with pytest.raises(ScalingError, match=message):
@@ -215,6 +216,19 @@ def test_grid_candidates_bad_input():
         grid.grid_candidates(step=0)
     with pytest.raises(ScalingError, match="empty"):
         grid.grid_candidates(beta_range=(1.5, 1.0))
+    with pytest.raises(ScalingError, match="finite"):
+        grid.grid_candidates(alpha_range=(1.0, float("inf")))
+    with pytest.raises(ScalingError, match="too fine"):       # would enumerate 10^27 points
+        grid.grid_candidates(step=1e-9)
+    with pytest.raises(ScalingError, match="points"):          # 1001 x 501 x 501
+        grid.grid_candidates(step=1e-3)
+
+
+def test_derive_family_overflow_is_a_scaling_error(b0):
+    with pytest.raises(ScalingError, match="overflows"):
+        derive_family(b0, 2.0, 1.0, 1.0, phis=[2000])
+    with pytest.raises(ScalingError, match="overflows"):
+        derive_family(b0, 1.0, 1.0, 1e300, phis=[2])
 
 
 def _fake_results(specs, base_res=224):

@@ -86,6 +86,15 @@ def test_derive_without_out_writes_nothing(tmp_path, capsys, monkeypatch):
     (["grid", "efficientnet-b0", "--out", "OUT", "--alpha-range", "1,1.1", "--beta-range", "1,1.1",
       "--gamma-range", "1,1.1"], ["keeps no point"]),
     (["grid", "efficientnet-b0", "--out", "OUT", "--tol", "-1"], ["tolerance"]),
+    (["grid", "efficientnet-b0", "--out", "OUT", "--step", "1e-9"], ["too fine"]),
+    (["grid", "efficientnet-b0", "--out", "OUT", "--batch-size", "0"], ["--batch-size"]),
+    (["grid", "efficientnet-b0", "--out", "OUT", "--proxy-epochs", "-1"], ["--proxy-epochs"]),
+    (["grid", "efficientnet-b0", "--out", "OUT", "--proxy-steps", "0"], ["--proxy-steps"]),
+    (["grid", "efficientnet-b0", "--out", "OUT", "--dataset", "nope"], ["--dataset", "mnist5k"]),
+    (["grid", "efficientnet-b0", "--out", "OUT", "--device", "nope"], ["device", "nope"]),
+    (["derive", "efficientnet-b0", "--alpha", "2", "--beta", "1", "--gamma", "1", "--phis", "2000"],
+     ["overflows"]),
+    (["derive", "efficientnet-b0", "--coefficients", "paper", "--phis", "0-1000000:0.000001"], ["1000"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, words):
     argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
@@ -100,6 +109,12 @@ def test_baseline_that_does_not_parse(tmp_path, capsys):
     wrong = tmp_path / "wrong.yaml"
     wrong.write_text("blocks: [r1_k4_s11_e1_i32_o16]\n")
     assert_one_line_error(*run(capsys, "derive", str(wrong)), "kernel")
+    named = tmp_path / "named.yaml"                   # a YAML number as the name
+    named.write_text("blocks: [r1_k3_s11_e1_i32_o16]\nname: 5\n")
+    assert_one_line_error(*run(capsys, "derive", str(named)), "name")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    assert_one_line_error(*run(capsys, "derive", str(binary)), "not a text file")
 
 
 def test_unwritable_out_leaves_nothing(tmp_path, capsys):

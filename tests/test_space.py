@@ -190,6 +190,19 @@ def test_log10_size_matches_direct_enumeration():
     assert len(keys) < len(vectors)  # dsconv/conv duplicates, 0.75x16 rounds to 16, max(1, 1-1)
 
 
+def test_log10_distinct_size_counts_skip_only_where_a_residual_can_exist():
+    # Block 1 strides, and with delta -1 has one layer: identity and none are then the same
+    # network. Block 2 (stride 1, one layer) has a residual only when its width equals block 1's
+    # (24, at either multiplier), i.e. at multiplier 0.75 (32 -> 24): skip matters there only.
+    d = _tiny(skip=["identity", "none"], conv_op=["mbconv", "conv"], expand_ratio=[6])
+    d["blocks"].append({"repeats": 1, "kernel": 3, "stride": 1, "expand_ratio": 6, "out_channels": 32,
+                        "choices": {"layers_delta": [0]}})
+    s = SearchSpace.from_dict(d)
+    keys = {s.key(v) for v in itertools.product(*[range(x.size) for x in s.decisions])}
+    assert 10 ** s.log10_distinct_size == pytest.approx(len(keys))
+    assert SearchSpace.default().log10_distinct_size == pytest.approx(15.713, abs=1e-3)
+
+
 def test_fixed_choices_give_no_decision():
     d = _tiny()
     d["blocks"][0]["choices"] = {"conv_op": "conv", "se_ratio": [0]}

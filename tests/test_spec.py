@@ -1,0 +1,122 @@
+"""ArchSpec / BlockSpec: round trips (dict, YAML, JSON, TF and timm block strings) and bad input."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from search_space import ArchSpec, BlockSpec, SpecError, zoo
+from search_space.space import SearchSpace
+
+ONE = "r1_k3_s11_e1_i32_o16"
+
+
+def _specs():
+    space = SearchSpace.default()
+    return [zoo.get(n) for n in zoo.names()] + [space.decode(space.sample(seed)) for seed in range(300)]
+
+
+def test_round_trips_of_zoo_and_space_samples():
+    for spec in _specs():
+        assert ArchSpec.from_json(spec.to_json()) == spec
+        assert ArchSpec.from_yaml(spec.to_yaml()) == spec
+        kw = dict(stem_channels=spec.stem_channels, head_channels=spec.head_channels,
+                  num_classes=spec.num_classes, activation=spec.activation)
+        assert ArchSpec.from_tf_strings(spec.to_tf_strings(), **kw).key() == spec.key()
+        assert ArchSpec.from_timm_arch_def(spec.to_timm_arch_def(), **kw).key() == spec.key()
+
+
+def test_timm_strings_of_the_zoo():
+    assert zoo.get("efficientnet-b0").to_timm_arch_def()[:2] == [["ds_r1_k3_s1_e1_c16_se0.25"],
+                                                                 ["ir_r2_k3_s2_e6_c24_se0.25"]]
+
+
+def test_timm_plain_conv_has_a_residual_only_with_skip():
+    # timm's `cn` block (ConvBnAct) adds its input only when the string says `skip`
+    # (EfficientNetV2's `cn_r2_k3_s1_e1_c24_skip`); `ds`/`ir` add it unless `noskip`.
+    plain = BlockSpec.from_timm_string("cn_r2_k3_s1_c24", in_channels=24)
+    assert plain.conv_op == "conv" and not plain.has_residual()
+    skipped = BlockSpec.from_timm_string("cn_r2_k3_s1_e1_c24_skip", in_channels=24)
+    assert skipped.has_residual()
+    assert BlockSpec.from_timm_string("ir_r2_k3_s1_e6_c24", in_channels=24).has_residual()
+    assert not BlockSpec.from_timm_string("ir_r2_k3_s1_e6_c24_noskip", in_channels=24).has_residual()
+    with_res = BlockSpec(2, 3, 1, 1, 24, 24, skip=True, conv_op="conv")
+    without = BlockSpec(2, 3, 1, 1, 24, 24, skip=False, conv_op="conv")
+    assert with_res.to_timm_string() == "cn_r2_k3_s1_c24_skip"
+    assert without.to_timm_string() == "cn_r2_k3_s1_c24"
+    for block in (with_res, without, BlockSpec(1, 3, 2, 1, 24, 32, conv_op="conv")):
+        again = BlockSpec.from_timm_string(block.to_timm_string(), in_channels=block.in_channels)
+        assert again.canonical() == block.canonical()
+
+
+@pytest.mark.parametrize("text, words", [
+    ("r1_k3.5_s11_e1_i32_o16", "'k3.5' needs a whole number"),
+    ("r1.7_k3_s11_e1_i32_o16", "'r1.7' needs a whole number"),
+    ("r1_k3_s11_e1_i32.9_o16", "'i32.9' needs a whole number"),
+    ("r1_k3_s12_e1_i32_o16", "stride '12'"),
+    ("r1_k3_s123_e1_i32_o16", "stride '123'"),
+    ("r1_k3_e1_i32_o16", "missing stride"),
+    ("r1_k3_s11_e1_i32_o16_zz", "cannot read token 'zz'"),
+])
+def test_bad_tf_strings(text, words):
+    with pytest.raises(SpecError) as info:
+        BlockSpec.from_tf_string(text)
+    assert words in str(info.value)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("ir_r1_k3_s2.5_e6_c24", "stride '2.5'"),
+    ("ir_r1_k3_s1_e6_c24.5", "'c24.5' needs a whole number"),
+    ("xx_r1_k3_s1_c24", "block type"),
+])
+def test_bad_timm_strings(text, words):
+    with pytest.raises(SpecError) as info:
+        BlockSpec.from_timm_string(text, in_channels=24)
+    assert words in str(info.value)
+
+
+BLOCK = {"repeats": 1, "kernel": 3, "stride": 1, "expand_ratio": 6, "in_channels": 32, "out_channels": 16}
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"blocks": [ONE], "name": 5}, "name: must be a string"),
+    ({"blocks": [ONE], "resolution": True}, "resolution: must be a positive integer"),
+    ({"blocks": [ONE], "dropout": math.nan}, "dropout"),
+    ({"blocks": [{**BLOCK, "stride": 1.0}]}, "blocks[0].stride: must be 1 or 2"),
+    ({"blocks": [{**BLOCK, "stride": True}]}, "blocks[0].stride: must be 1 or 2"),
+    ({"blocks": [{**BLOCK, "kernel": True}]}, "blocks[0].kernel"),
+    ({"blocks": [{**BLOCK, "expand_ratio": math.inf}]}, "blocks[0].expand_ratio: must be a finite number"),
+    ({"blocks": [{**BLOCK, "se_ratio": math.nan}]}, "blocks[0].se_ratio: must be a finite number"),
+    ({"blocks": ONE}, "blocks: expected a list"),
+])
+def test_bad_spec_fields(data, words):
+    with pytest.raises(SpecError) as info:
+        ArchSpec.from_dict(data)
+    assert words in str(info.value)
+
+
+def test_blocks_and_block_strings_must_agree():
+    b0 = zoo.get("efficientnet-b0")
+    d = b0.to_dict()
+    assert ArchSpec.from_dict(d) == b0
+    d["block_strings"][1] = d["block_strings"][1].replace("k3", "k5")   # edited one, not the other
+    with pytest.raises(SpecError, match=r"block_strings\[1\].*does not match blocks\[1\]"):
+        ArchSpec.from_dict(d)
+    d = b0.to_dict()
+    d["blocks"][2]["kernel"] = 3
+    with pytest.raises(SpecError, match=r"block_strings\[2\]"):
+        ArchSpec.from_dict(d)
+    d.pop("block_strings")                                              # only one: it is used
+    assert ArchSpec.from_dict(d).blocks[2].kernel == 3
+    d = b0.to_dict()
+    d.pop("blocks")
+    assert ArchSpec.from_dict(d) == b0
+
+
+def test_a_file_that_is_not_text_is_one_spec_error(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(SpecError, match="not a text file"):
+        ArchSpec.load(path)
+    with pytest.raises(SpecError, match="not a text file"):
+        SearchSpace.from_yaml(path)
