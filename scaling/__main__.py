@@ -184,24 +184,7 @@ def journaled_evaluate(journal: Path, fingerprint: str, evaluate_many: Callable[
     return evaluate
 
 
-DEFAULT_EVALUATOR = "scaling.__main__:evaluate_scaled"
-
-
-def evaluate_scaled(spec: ArchSpec, budget, target: int, alpha: float = -0.07, beta: float = -0.07):
-    """`nas.trial.evaluate` with the proxy resolution scaled like the candidate's resolution.
-
-    `budget.resolution` is the baseline's proxy resolution and `budget.target_resolution`
-    the baseline's resolution; a candidate at γ times that trains at γ times the proxy
-    resolution (so γ changes what is learned, not only what is counted) and is costed
-    at its own resolution. The engines load this as the evaluator `scaling.__main__:evaluate_scaled`.
-    """
-    import dataclasses
-
-    from nas.trial import evaluate  # composition root: the only place scaling touches training
-
-    proxy = max(1, int(round(budget.resolution * spec.resolution / budget.target_resolution)))
-    scaled = dataclasses.replace(budget, resolution=proxy, target_resolution=spec.resolution)
-    return evaluate(spec, scaled, target, alpha, beta)
+DEFAULT_EVALUATOR = "nas.trial:evaluate"
 
 
 def engine_evaluate(budget, target: int, workers: int = 1, evaluator: str = DEFAULT_EVALUATOR,
@@ -240,7 +223,9 @@ def engine_evaluate(budget, target: int, workers: int = 1, evaluator: str = DEFA
 
         try:
             source = BatchSource(store, specs, kind="grid", target=target, listeners=[listener])
-            ctx = EvalContext(budget=budget, target=target, evaluator=evaluator)
+            # each candidate trains at the proxy resolution times its resolution ratio (so γ
+            # changes what is learned) and is costed at its own resolution: ProxyBudget.at_resolution
+            ctx = EvalContext(budget=budget, target=target, evaluator=evaluator, per_spec_resolution=True)
             slots = device_slots(budget.device, workers) if workers > 1 else [budget.device]
             LocalEngine(slots=slots, trial_timeout=trial_timeout, in_process=workers == 1).run(source, ctx)
         finally:
@@ -258,7 +243,7 @@ def run_grid(b0: ArchSpec, out_dir: str | Path, budget, target: int | None = Non
     """The grid search on the local engine, resumable through `out_dir/grid.jsonl`.
 
     `budget` is a `nas.budget.ProxyBudget` for the baseline (its `resolution` the proxy
-    resolution; `target_resolution` is set to b0's); see `evaluate_scaled`. Candidates
+    resolution; `target_resolution` is set to b0's); see `nas.budget.ProxyBudget.at_resolution`. Candidates
     finished under the same budget and target are read back from grid.jsonl, not retrained.
     Writes grid.md, grid.csv and best.json (the winner with its spec) to `out_dir`.
     """

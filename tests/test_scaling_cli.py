@@ -200,3 +200,19 @@ def test_grid_cli_reports_when_nothing_trained(tmp_path, capsys, monkeypatch):
     rc, out, err = run(capsys, "grid", "efficientnet-b0", "--out", str(tmp_path / "g"), "--max-candidates", "2")
     assert rc == 1 and "no candidate trained successfully" in out
     assert (tmp_path / "g" / "grid.csv").read_text().count("failed") == 2
+
+
+def test_grid_candidates_train_at_the_proxy_resolution_scaled_like_their_own():
+    """γ changes what is learned: a 280 px candidate trains at 32 * 280 / 224 = 40 px."""
+    import dataclasses
+
+    from nas.budget import ProxyBudget
+    from scaling.__main__ import engine_evaluate
+    from search_space import zoo
+
+    b0 = zoo.get("efficientnet-b0")
+    specs = [b0, dataclasses.replace(b0, resolution=280)]
+    evaluate = engine_evaluate(ProxyBudget(resolution=32), 400_000_000, evaluator="tests.fake_evaluators:by_resolution")
+    results = evaluate(specs, lambda spec, result: None)
+    assert [r.status for r in results] == ["ok", "ok"]
+    assert [r.accuracy for r in results] == [0.032, 0.040]
