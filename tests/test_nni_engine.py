@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import psutil
@@ -513,52 +514,43 @@ def test_stop_tolerates_processes_that_exit_while_checked(monkeypatch):
         proc.wait(10)
 
 
+class _FakeExperiment:
+    """What `NniEngine._poll` asks of an experiment; `status()` says what the manager answers."""
+
+    id = "abc"
+
+    def __init__(self, tmp_path, status):
+        self.config = types.SimpleNamespace(experiment_working_directory=str(tmp_path))
+        self.get_status = status
+
+    def list_trial_jobs(self):
+        return []
+
+
+def _poll_source(tmp_path):
+    return types.SimpleNamespace(store=Store.create(tmp_path / "run", {"test": "nni"}), listeners=[], done=False)
+
+
 def test_unreachable_manager_is_a_one_line_runtime_error(tmp_path):
     import requests
 
-    class Exp:
-        id = "abc"
+    def refused():
+        raise requests.ConnectionError("connection refused\nsecond line")
 
-        class config:
-            experiment_working_directory = str(tmp_path)
-
-        def get_status(self):
-            raise requests.ConnectionError("connection refused\nsecond line")
-
-    class Source:
-        store = Store.create(tmp_path / "run", {"test": "nni"})
-        listeners: list = []
-        done = False
-
+    source = _poll_source(tmp_path)
     engine = engine_nni.NniEngine(log=lambda m: None)
     with pytest.raises(RuntimeError, match="not reachable .*--resume") as info:
-        engine._poll(Exp(), Source())
+        engine._poll(_FakeExperiment(tmp_path, refused), source)
     assert "\n" not in str(info.value)
-    Source.store.close()
+    source.store.close()
 
 
 def test_experiment_that_ends_before_the_search_is_done_is_an_error(tmp_path):
-    class Exp:
-        id = "abc"
-
-        class config:
-            experiment_working_directory = str(tmp_path)
-
-        def get_status(self):
-            return "DONE"
-
-        def list_trial_jobs(self):
-            return []
-
-    class Source:
-        store = Store.create(tmp_path / "run", {"test": "nni"})
-        listeners: list = []
-        done = False
-
+    source, exp = _poll_source(tmp_path), _FakeExperiment(tmp_path, lambda: "DONE")
     engine = engine_nni.NniEngine(log=lambda m: None)
     engine.poll, engine.watchdog = 0.01, 0.05
     with pytest.raises(RuntimeError, match="ended \\(DONE\\) before the search was done.*--resume"):
-        engine._poll(Exp(), Source())
-    Source.done = True
-    engine._poll(Exp(), Source())                          # done: returns quietly
-    Source.store.close()
+        engine._poll(exp, source)
+    source.done = True
+    engine._poll(exp, source)                              # done: returns quietly
+    source.store.close()
