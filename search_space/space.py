@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .decisions import Decision
-from .errors import SpecError
+from .errors import SpecError, read_text_file
 from .spec import ACTIVATIONS, CONV_OPS, ArchSpec, BlockSpec, _is_real
 
 SKIP_OPS = ("identity", "none")
@@ -167,13 +167,7 @@ class SearchSpace:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SearchSpace":
         """Load a space file; any problem is one `SpecError` line naming the file and field."""
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise SpecError(f"{path}: cannot read the space file ({exc.strerror or exc})") from None
-        except UnicodeDecodeError:
-            raise SpecError(f"{path}: not a text file (not UTF-8)") from None
+        text = read_text_file(path, "the space file")
         return cls.from_yaml_text(text, source=str(path))
 
     @classmethod

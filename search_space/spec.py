@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import SpecError
+from .errors import SpecError, read_text_file
 
 CONV_OPS = ("mbconv", "dsconv", "conv")
 ACTIVATIONS = ("swish", "relu")
@@ -343,12 +343,7 @@ class ArchSpec:
     @classmethod
     def load(cls, path: str | Path) -> "ArchSpec":
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise SpecError(f"{path}: cannot read ({exc.strerror or exc})") from None
-        except UnicodeDecodeError:
-            raise SpecError(f"{path}: not a text file (not UTF-8)") from None
+        text = read_text_file(path, "the spec file")
         try:
             return cls.from_yaml(text)
         except SpecError as exc:
