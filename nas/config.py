@@ -189,7 +189,7 @@ def build_parser(with_nni: bool = True) -> argparse.ArgumentParser:
                    help=f"--scale-grid: grid step of alpha, beta, gamma (default: {d['grid_step']})")
     g.add_argument("--grid-tol", type=_float("--grid-tol", 0),
                    help=f"--scale-grid: keep points with |alpha*beta^2*gamma^2 - 2| <= this (default: {d['grid_tol']})")
-    g.add_argument("--phis", help=f"which members to derive, e.g. 1-7 or 1,2,3 (default: {d['phis']})")
+    g.add_argument("--phis", help=f"which members to derive, e.g. 1-7, 1,2,5 or 0.5-3 (default: {d['phis']})")
     if with_nni:
         try:
             from nas import engine_nni
@@ -292,24 +292,14 @@ def _can_create_in(folder: Path) -> bool:
         return False
 
 
-def parse_phis(text: str) -> list[int]:
-    """`1-7`, `1,2,3` or `3` -> sorted distinct ints >= 1."""
-    out: set[int] = set()
+def parse_phis(text: str) -> list[float]:
+    """The family's φ values, in the grammar of `python -m scaling derive --phis` (one parser)."""
+    from scaling.compound import parse_phis as parse
+    from scaling.errors import ScalingError
     try:
-        for part in str(text).replace(" ", "").split(","):
-            if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                lo, hi = int(a), int(b)
-                if hi < lo:
-                    raise ValueError
-                out.update(range(lo, hi + 1))
-            elif part:
-                out.add(int(part))
-    except ValueError:
-        raise UserError(f"--phis {text!r}: expected e.g. 1-7 or 1,2,3") from None
-    if not out or min(out) < 1:
-        raise UserError(f"--phis {text!r}: need at least one phi, each >= 1")
-    return sorted(out)
+        return parse(str(text))
+    except ScalingError as exc:
+        raise UserError(f"--phis {text!r}: {exc}") from None
 
 
 def for_record(opts: dict[str, Any]) -> dict[str, Any]:

@@ -236,8 +236,16 @@ def run(argv: Sequence[str] | None = None) -> int:
         store.set_meta("state", "running")
     try:
         return _search(setup, store, t0)
+    except KeyboardInterrupt:  # outside the engine (TensorBoard start-up, outputs, the hand-off)
+        _interrupted(store, setup)
+        return 130
     finally:
         store.close()
+
+
+def _interrupted(store: Any, setup: Setup) -> None:
+    print(f"{PROG}: interrupted; {store.count('search')}/{setup.settings.trials} trials are stored. "
+          f"Continue with: python -m nas.search --resume --out {setup.opts['out']}", file=sys.stderr)
 
 
 def _search(setup: Setup, store: Any, t0: float) -> int:
@@ -284,8 +292,7 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
     if interrupted:
         if tb:
             tb.close()
-        print(f"{PROG}: interrupted; {store.count('search')}/{setup.settings.trials} trials are stored. "
-              f"Continue with: python -m nas.search --resume --out {out}", file=sys.stderr)
+        _interrupted(store, setup)
         return 130
     family = None
     if best is not None and not opts.get("no_scale"):

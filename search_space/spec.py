@@ -113,7 +113,9 @@ class BlockSpec:
     @classmethod
     def from_tf_string(cls, text: str) -> "BlockSpec":
         fields: dict[str, Any] = {"se_ratio": 0.0, "skip": True, "conv_op": "mbconv"}
-        for token in text.strip().split("_"):
+        tokens = text.strip().split("_")
+        _no_repeated_fields(tokens, f"block string {text!r}")
+        for token in tokens:
             if token == "noskip":
                 fields["skip"] = False
             elif token == "conv":
@@ -168,6 +170,7 @@ class BlockSpec:
         # timm: `ds`/`ir` have a residual unless `noskip`; `cn` has none unless `skip`.
         fields: dict[str, Any] = {"conv_op": kinds[tokens[0]], "se_ratio": 0.0, "skip": tokens[0] != "cn",
                                   "expand_ratio": 1, "in_channels": in_channels}
+        _no_repeated_fields(tokens[1:], f"timm block {text!r}", same={"skip": "noskip"})
         for token in tokens[1:]:
             if token in ("skip", "noskip"):
                 fields["skip"] = token == "skip"
@@ -189,6 +192,18 @@ class BlockSpec:
         if missing:
             raise SpecError(f"timm block {text!r}: missing {', '.join(missing)}")
         return cls(**fields)
+
+
+def _no_repeated_fields(tokens: list[str], where: str, same: dict[str, str] | None = None) -> None:
+    """`k3_k5` would silently mean k5 (the TF reference keeps the last): refuse it instead."""
+    seen: dict[str, str] = {}
+    for token in tokens:
+        m = re.match(r"se|[a-z]", token)
+        key = token if token in ("skip", "noskip", "conv") else (m.group(0) if m else token)
+        key = (same or {}).get(key, key)
+        if key in seen:
+            raise SpecError(f"{where}: {seen[key]!r} and {token!r} give the same field twice")
+        seen[key] = token
 
 
 @dataclass(frozen=True)

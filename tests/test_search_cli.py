@@ -129,3 +129,33 @@ def test_help_lists_every_option_with_its_default():
                 "--trial-timeout", "--cost-window", "--no-scale", "--scale-grid"):
         assert opt in text, opt
     assert "(default: evolution" in text and "(default: runs/search)" in text and "(default: 224)" in text
+
+
+def test_phis_speak_the_scaling_grammar():
+    """`nas.search --phis` and `scaling derive --phis` accept the same ranges (one parser)."""
+    from nas.config import UserError, parse_phis
+    assert parse_phis("1-7") == [1, 2, 3, 4, 5, 6, 7]
+    assert parse_phis("0.5-3") == [0.5, 1.5, 2.5]
+    assert parse_phis("0-1:0.5,3") == [0, 0.5, 1, 3]
+    with pytest.raises(UserError, match=r"^--phis '7-1': .*empty"):
+        parse_phis("7-1")
+
+
+def test_ctrl_c_after_the_trials_still_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    """Interrupted during the hand-off (outside the engine): the hint, then --resume finishes the family."""
+    import nas.search as search
+    out = tmp_path / "run"
+
+    def interrupted_hand_off(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(search, "_hand_off", interrupted_hand_off)
+        assert main(["--target-flops", "400M", "--trials", "3", "--workers", "1", "--reference", "none",
+                     "--out", str(out), *FAST]) == 130
+    assert f"Continue with: python -m nas.search --resume --out {out}" in capsys.readouterr().err
+    assert not (out / "family").exists()
+    assert main(["--resume", "--out", str(out)]) == 0
+    with Store.open(out) as st:
+        assert st.count("search") == 3
+    assert (out / "family" / "b7.yaml").is_file()

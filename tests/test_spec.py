@@ -57,6 +57,8 @@ def test_timm_plain_conv_has_a_residual_only_with_skip():
     ("r1_k3_s123_e1_i32_o16", "stride '123'"),
     ("r1_k3_e1_i32_o16", "missing stride"),
     ("r1_k3_s11_e1_i32_o16_zz", "cannot read token 'zz'"),
+    ("r1_k3_k5_s11_e1_i32_o16", "'k3' and 'k5' give the same field twice"),
+    ("r1_k3_s11_e1_i32_o16_se0.25_se0.5", "'se0.25' and 'se0.5'"),
 ])
 def test_bad_tf_strings(text, words):
     with pytest.raises(SpecError) as info:
@@ -68,6 +70,7 @@ def test_bad_tf_strings(text, words):
     ("ir_r1_k3_s2.5_e6_c24", "stride '2.5'"),
     ("ir_r1_k3_s1_e6_c24.5", "'c24.5' needs a whole number"),
     ("xx_r1_k3_s1_c24", "block type"),
+    ("ir_r1_k3_s1_e6_c24_skip_noskip", "'skip' and 'noskip' give the same field twice"),
 ])
 def test_bad_timm_strings(text, words):
     with pytest.raises(SpecError) as info:
