@@ -322,16 +322,24 @@ def merge_resume(stored: dict[str, Any], opts: dict[str, Any], given: set[str]) 
         if k not in given:
             out[k] = v
     for k in IDENTITY:
-        if k in given and k in stored and _norm(stored[k]) != _norm(out.get(k)):
+        if k in given and k in stored and _norm(k, stored[k]) != _norm(k, out.get(k)):
             flag = "--" + k.replace("_", "-")
             raise UserError(f"--resume: {flag} {out.get(k)} differs from the run's {stored[k]}; "
                             "it cannot change on resume (start a new --out instead)")
     return out
 
 
-def _norm(v: Any) -> Any:
+def _norm(key: str, v: Any) -> Any:
+    """A value as the run uses it, so `0.5,1` equals `0.5,1.0` and `MNIST5K` equals `mnist5k`."""
+    if key == "cost_window":
+        try:
+            return parse_window(",".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+        except UserError:
+            return v
+    if key in ("dataset", "reference") and isinstance(v, str):
+        return v.lower()
     if isinstance(v, (list, tuple)):
-        return [_norm(x) for x in v]
+        return [_norm(key, x) for x in v]
     if isinstance(v, float) and v.is_integer():
         return int(v)
     return v

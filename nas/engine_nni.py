@@ -70,7 +70,8 @@ def add_cli_options(parser: argparse.ArgumentParser) -> None:
                    help="YAML with a trainingService section (local/remote/kubernetes...) and any other NNI "
                         "experiment field (trialGpuNumber, nniManagerIp, ...); default: local service")
     g.add_argument("--concurrency", type=int,
-                   help="trials running at once (default: --workers, else 1)")
+                   help="trials running at once (default: the local worker-slot count: one per core, at most 4, "
+                        "or GPUs x --workers-per-gpu)")
     g.add_argument("--assessor", choices=("none", "medianstop"),
                    help="early-stop trials on their per-epoch accuracy (default: none)")
     g.add_argument("--nni-port", type=int, help="web UI / manager port (default: a free port)")
@@ -136,6 +137,11 @@ def _all_hosts_loopback(cfg: dict) -> bool:
         if not machines or any(str(m.get("host")) not in LOOPBACK for m in machines if isinstance(m, dict)):
             return False
     return True
+
+
+def trials_run_elsewhere(cfg: dict) -> bool:
+    """True when trials may run on other machines, whose GPUs and data folders this one cannot see."""
+    return not _all_hosts_loopback(cfg)
 
 
 def _camel(key: str) -> str:
@@ -208,15 +214,7 @@ def build_config(nni_cfg: dict, *, code_dir: Path, work_dir: Path, session: Path
     fields["trialConcurrency"] = int(concurrency)
     fields["maxTrialNumber"] = max(1, int(max_trials))
     fields.setdefault("experimentName", "nas-search")
-    ts = fields["trainingService"]
-    for svc in ts if isinstance(ts, list) else [ts]:
-        if svc["platform"] == "local" and fields.get("trialGpuNumber") and "useActiveGpu" not in svc:
-            raise UserError("--nni-config: trainingService.useActiveGpu must be set when trialGpuNumber is "
-                            "(NNI never schedules the trial otherwise)")
-    try:
-        config = ExperimentConfig(**fields)
-    except Exception as exc:  # NNI's own validation: one line
-        raise UserError(f"--nni-config: {str(exc).splitlines()[0]}") from None
+    config = _experiment_config(ExperimentConfig, fields)
     config.trial_code_directory = str(code_dir)
     config.experiment_working_directory = str(work_dir)
     config.search_space = {"proposal": {"_type": "choice", "_value": [0]}}  # mandatory, unused
@@ -227,6 +225,25 @@ def build_config(nni_cfg: dict, *, code_dir: Path, work_dir: Path, session: Path
                                             class_args={"medianstop": assessor == "medianstop",
                                                         "optimize_mode": "maximize", "start_step": 1})
     return config
+
+
+def check_config(nni_cfg: dict) -> None:
+    """What NNI would refuse only once the experiment is built, checked up front (before
+    `--out` exists): an unknown field, a malformed service, a GPU rule NNI never reports."""
+    from nni.experiment import ExperimentConfig
+    _experiment_config(ExperimentConfig, {**nni_cfg, "trialCommand": "python3", "trialConcurrency": 1})
+
+
+def _experiment_config(factory: Any, fields: dict) -> Any:
+    ts = fields["trainingService"]
+    for svc in ts if isinstance(ts, list) else [ts]:
+        if svc["platform"] == "local" and fields.get("trialGpuNumber") and "useActiveGpu" not in svc:
+            raise UserError("--nni-config: trainingService.useActiveGpu must be set when trialGpuNumber is "
+                            "(NNI never schedules the trial otherwise)")
+    try:
+        return factory(**fields)
+    except Exception as exc:  # NNI's own validation: one line
+        raise UserError(f"--nni-config: {str(exc).splitlines()[0]}") from None
 
 
 # -- running ------------------------------------------------------------------------------
@@ -246,6 +263,7 @@ class NniEngine:
                  port: int | None = None, bind: str = "127.0.0.1", watchdog: float = 300.0,
                  log: Any = None, poll: float = 0.5) -> None:
         self.nni_cfg = load_nni_config(nni_config)
+        check_config(self.nni_cfg)
         if int(concurrency) < 1:
             raise UserError(f"--concurrency must be at least 1, got {concurrency}")
         if watchdog <= 0:
@@ -268,7 +286,7 @@ class NniEngine:
         def opt(name: str, default: Any = None) -> Any:
             value = args.get(name) if isinstance(args, dict) else getattr(args, name, None)
             return default if value is None else value
-        return cls(nni_config=opt("nni_config"), concurrency=opt("concurrency") or opt("workers") or 1,
+        return cls(nni_config=opt("nni_config"), concurrency=opt("concurrency", opt("workers") or 1),
                    assessor=opt("assessor", "none"), port=opt("nni_port"), bind=opt("nni_bind", "127.0.0.1"),
                    watchdog=float(opt("nni_watchdog", 300.0)), log=log)
 

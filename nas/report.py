@@ -181,12 +181,15 @@ class Progress:
     """`trials 7/24 | failed 1 | best reward 0.8123 | ETA 4m10s` on stderr.
 
     On a terminal the line is rewritten in place; otherwise one line per finished trial.
-    Listens to SearchLoop records (only trained search trials move it).
+    Listens to trial records: only trained ones of its `kind` move it (`search`, ranked by
+    reward; `grid`, ranked by accuracy, as the grid search chooses).
     """
 
     def __init__(self, total: int, done: int = 0, failed: int = 0, best: float | None = None,
-                 stream: TextIO | None = None, enabled: bool = True) -> None:
+                 stream: TextIO | None = None, enabled: bool = True, kind: str = "search") -> None:
         self.total, self.done, self.failed, self.best = total, done, failed, best
+        self.kind = kind
+        self.metric = "reward" if kind == "search" else "accuracy"
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -195,13 +198,14 @@ class Progress:
         self.dirty = False
 
     def __call__(self, rec: dict) -> None:
-        if rec.get("kind") != "search" or rec.get("source") != "trained":
+        if rec.get("kind") != self.kind or rec.get("source") != "trained":
             return
         self.done += 1
         if rec.get("status") != "ok":
             self.failed += 1
-        if rec.get("reward") is not None and rec.get("status") == "ok":
-            self.best = rec["reward"] if self.best is None else max(self.best, rec["reward"])
+        value = rec.get(self.metric)
+        if value is not None and rec.get("status") == "ok":
+            self.best = value if self.best is None else max(self.best, value)
         self.show(rec)
 
     def line(self) -> str:
@@ -211,7 +215,8 @@ class Progress:
             left = (time.time() - self.t0) / rate_n * max(0, self.total - self.done)
             eta = f"{int(left // 60)}m{int(left % 60):02d}s"
         best = "-" if self.best is None else f"{self.best:.4f}"
-        return f"trials {self.done}/{self.total} | failed {self.failed} | best reward {best} | ETA {eta}"
+        what = "trials" if self.kind == "search" else f"{self.kind} candidates"
+        return f"{what} {self.done}/{self.total} | failed {self.failed} | best {self.metric} {best} | ETA {eta}"
 
     def show(self, rec: dict | None = None) -> None:
         if not self.enabled:

@@ -130,26 +130,28 @@ def validate(opts: dict, given: set, stored: Optional[dict] = None) -> Setup:
         except Exception as exc:  # ScalingError: e.g. no point under the tolerance
             raise UserError(f"--scale-grid: {str(exc).splitlines()[0]}") from None
     cfg.check_out_dir(opts["out"], bool(opts.get("resume")), bool(opts.get("overwrite")))
+    elsewhere = False  # trials on other machines (NNI remote/cluster): their GPUs and folders, not ours
     if opts["engine"] == "nni":
         try:
             from nas import engine_nni
         except Exception as exc:
             raise UserError(f"--engine nni: NNI cannot be used here ({type(exc).__name__}: {exc})") from None
-        engine_nni.load_nni_config(opts.get("nni_config"))  # NNI options, before --out exists
-        if opts.get("concurrency") is not None and int(opts["concurrency"]) < 1:
-            raise UserError(f"--concurrency must be at least 1, got {opts['concurrency']}")
+        elsewhere = engine_nni.trials_run_elsewhere(engine_nni.load_nni_config(opts.get("nni_config")))
     space = _space(opts, given, stored)
     controller = make_controller(opts, space)  # its errors, too, before --out exists
     stride = space.skeleton().total_stride
     if int(opts["proxy_resolution"]) < stride:
         raise UserError(f"--proxy-resolution {opts['proxy_resolution']} is below the networks' total stride "
                         f"{stride}; use at least {stride}")
-    device = _device(opts)
-    if device == "cuda":
+    # elsewhere, `auto` and `cuda` are resolved by each trial on its own machine
+    device = opts["device"] if elsewhere and opts["device"] != "cpu" else _device(opts)
+    if device == "cuda" and not elsewhere:
         slots = device_slots("cuda", int(opts["workers"]), int(opts["workers_per_gpu"]))
     else:
         n = int(opts["workers"]) or max(1, min(4, os.cpu_count() or 1))
         slots = device_slots("cpu", n)
+    if opts["engine"] == "nni":  # every NNI option, as the engine will see them, before --out exists
+        engine_nni.NniEngine.from_args(_namespace({**opts, "workers": len(slots)}))
     try:
         load_evaluator(opts["evaluator"])
     except Exception as exc:
@@ -166,7 +168,7 @@ def validate(opts: dict, given: set, stored: Optional[dict] = None) -> Setup:
                          target_resolution=int(opts["target_resolution"]), epochs=float(opts["proxy_epochs"]),
                          batch_size=int(opts["batch_size"]), seed=int(opts["seed"]), device=device,
                          time_limit=float(opts["trial_timeout"]))
-    num_classes = _check_data(budget, opts)
+    num_classes = _check_data(budget, opts, elsewhere)
     settings = LoopSettings(target=target, alpha=opts["alpha"], beta=opts["beta"], trials=int(opts["trials"]),
                             cost_window=window, target_resolution=int(opts["target_resolution"]),
                             chance=1.0 / num_classes)
@@ -176,13 +178,17 @@ def validate(opts: dict, given: set, stored: Optional[dict] = None) -> Setup:
                  controller=controller, slots=slots, phis=phis)
 
 
-def _check_data(budget: Any, opts: dict) -> int:
+def _check_data(budget: Any, opts: dict, elsewhere: bool = False) -> int:
     """Number of classes; with the real evaluator the dataset is loaded once here (so a
-    missing or broken dataset is one clear error, and a download happens once)."""
+    missing or broken dataset is one clear error, and a download happens once). A
+    `--data-dir` that is not on this machine is the workers' path when trials run elsewhere."""
     from nas.budget import DATASETS, NUM_CLASSES
     if budget.dataset not in DATASETS:
         raise UserError(f"--dataset {budget.dataset!r}: expected one of {', '.join(DATASETS)}")
     if budget.data_dir and not Path(budget.data_dir).is_dir():
+        if elsewhere:
+            _log(opts, f"note: --data-dir {budget.data_dir} is not on this machine; the trials read it on theirs")
+            return NUM_CLASSES.get(budget.dataset, 10)
         raise UserError(f"--data-dir {budget.data_dir}: no such folder")
     if opts["evaluator"] != cfg.DEFAULTS["evaluator"]:
         return NUM_CLASSES.get(budget.dataset, 10)
@@ -371,21 +377,34 @@ def _grid(setup: Setup, store: Any, b0: Any) -> tuple[float, float, float]:
     # own resolution (the same rule as `python -m scaling grid`)
     ctx = dataclasses.replace(setup.ctx, per_spec_resolution=True)
 
+    from nas import report
+    opts, out = setup.opts, Path(setup.opts["out"])
+
     def evaluate(specs: list) -> list:
+        stored = store.trials("grid", "trained")
+        progress = report.Progress(len(specs), done=len(stored), failed=sum(r["status"] != "ok" for r in stored),
+                                   enabled=not (opts.get("no_progress") or opts.get("quiet")), kind="grid")
         source = BatchSource(store, specs, kind="grid", target=setup.settings.target,
-                             alpha=setup.settings.alpha, beta=setup.settings.beta)
-        _run_engine(setup, source, ctx)
+                             alpha=setup.settings.alpha, beta=setup.settings.beta,
+                             listeners=[progress, _refresh_files(store, out, setup)])
+        _log(opts, f"scale grid: {len(specs)} distinct networks at φ = 1 to train ({len(stored)} already stored)")
+        try:
+            _run_engine(setup, source, ctx)
+        finally:
+            progress.close()
         return source.results()
 
-    result = grid_search(b0, evaluate, grid_candidates(float(setup.opts["grid_step"]),
-                                                       tol=float(setup.opts["grid_tol"])))
+    result = grid_search(b0, evaluate, grid_candidates(float(opts["grid_step"]), tol=float(opts["grid_tol"])))
     rows = [{k: v for k, v in r.items() if k != "spec"} for r in result.rows]
-    (Path(setup.opts["out"]) / "grid").mkdir(parents=True, exist_ok=True)
-    save_grid_table(rows, Path(setup.opts["out"]) / "grid")
+    (out / "grid").mkdir(parents=True, exist_ok=True)
+    save_grid_table(rows, out / "grid")
     if result.best is None:
         print("warning: no grid candidate trained ok; using the default coefficients", file=sys.stderr)
-        return float(setup.opts["alpha_scale"]), float(setup.opts["beta_scale"]), float(setup.opts["gamma_scale"])
-    return result.best["alpha"], result.best["beta"], result.best["gamma"]
+        return float(opts["alpha_scale"]), float(opts["beta_scale"]), float(opts["gamma_scale"])
+    best = result.best
+    _log(opts, f"scale grid: α = {best['alpha']:g}, β = {best['beta']:g}, γ = {best['gamma']:g} "
+               f"(proxy accuracy {best['accuracy']:.4f}, best of {len(rows)} candidates); table: {out / 'grid' / 'grid.md'}")
+    return best["alpha"], best["beta"], best["gamma"]
 
 
 def _run_engine(setup: Setup, source: Any, ctx: Any) -> None:

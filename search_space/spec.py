@@ -349,10 +349,11 @@ class ArchSpec:
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
-        """Write YAML atomically (a killed process never leaves half a file)."""
+        """Write JSON for a `.json` path, YAML otherwise, atomically (a killed process never
+        leaves half a file). `load` reads both (JSON is YAML)."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_yaml())
+        tmp.write_text(self.to_json() + "\n" if path.suffix.lower() == ".json" else self.to_yaml())
         tmp.replace(path)
 
     @classmethod

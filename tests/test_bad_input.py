@@ -19,6 +19,10 @@ def _files(tmp):
     (tmp / "afile").write_text("x")
     (tmp / "notrun").mkdir()
     (tmp / "notrun" / "search.db").write_text("not a database")
+    (tmp / "nni_remote.yaml").write_text("trainingService:\n  platform: remote\n  machineList:\n"
+                                         "    - {host: 10.0.0.2, user: me, sshKeyFile: ~/.ssh/id_rsa}\n")
+    (tmp / "nni_gpu.yaml").write_text("trialGpuNumber: 1\ntrainingService: {platform: local}\n")
+    (tmp / "nni_field.yaml").write_text("trainingService: {platform: local}\nwarpFactor: 9\n")
     ro = tmp / "readonly"
     ro.mkdir()
     os.chmod(ro, 0o555)
@@ -64,6 +68,15 @@ CASES = [
     ("unknown reference", ["--target-flops", "400M", "--reference", "resnet-50"], "resnet-50"),
     ("missing NNI config", ["--target-flops", "400M", "--engine", "nni", "--nni-config", "{tmp}/nni.yaml"],
      "nni.yaml"),
+    ("NNI port out of range", ["--target-flops", "400M", "--engine", "nni", "--nni-port", "80"], "--nni-port"),
+    ("NNI watchdog zero", ["--target-flops", "400M", "--engine", "nni", "--nni-watchdog", "0"], "--nni-watchdog"),
+    ("NNI concurrency zero", ["--target-flops", "400M", "--engine", "nni", "--concurrency", "0"], "--concurrency"),
+    ("NNI remote on loopback", ["--target-flops", "400M", "--engine", "nni", "--nni-config",
+                                "{tmp}/nni_remote.yaml"], "--nni-bind 0.0.0.0"),
+    ("NNI GPU without useActiveGpu", ["--target-flops", "400M", "--engine", "nni", "--nni-config",
+                                      "{tmp}/nni_gpu.yaml"], "useActiveGpu"),
+    ("NNI unknown field", ["--target-flops", "400M", "--engine", "nni", "--nni-config", "{tmp}/nni_field.yaml"],
+     "warpfactor"),
     ("scale below 1", ["--target-flops", "400M", "--alpha-scale", "0.9"], "--alpha-scale"),
     ("grid keeps no point", ["--target-flops", "400M", "--scale-grid", "--grid-step", "0.3", "--grid-tol", "0"],
      "--scale-grid"),

@@ -141,3 +141,15 @@ def test_resume_of_a_finished_run_trains_nothing_more(tmp_path, monkeypatch_modu
     assert main(["--resume", "--out", str(out), "--trials", "5"]) == 0  # more trials: continues
     assert sum(1 for r in _rows(out) if r[5] == "trained") == 5 and set(first) <= set(_rows(out))
     assert main(["--resume", "--out", str(out), "--target-flops", "300M"]) == 2
+
+
+def test_resume_compares_identity_options_by_meaning_not_spelling(tmp_path, monkeypatch_module, capsys):
+    """`0.5,1` is the stored `0.5,1.0`; `MNIST5K` is `mnist5k`; `0.4G` is `400M`; a real change is refused."""
+    out = tmp_path / "run"
+    args = ARGS + ["--out", str(out), "--reference", "none"]
+    assert main(args[:args.index("--trials")] + ["--trials", "2"] + args[args.index("--trials") + 2:]) == 0
+    same = ["--cost-window", "0.5,1", "--dataset", "MNIST5K", "--target-flops", "0.4G"]
+    assert main(["--resume", "--out", str(out), *same]) == 0
+    capsys.readouterr()
+    assert main(["--resume", "--out", str(out), "--cost-window", "0.5,1.2"]) == 2
+    assert "--cost-window 0.5,1.2 differs" in capsys.readouterr().err

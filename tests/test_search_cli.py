@@ -59,7 +59,11 @@ def test_scale_grid_trains_each_candidate_at_its_own_resolution(tmp_path, capsys
     rc = main(["--target-flops", "400M", "--trials", "3", "--workers", "1", "--out", str(out), "--reference",
                "none", "--scale-grid", "--grid-step", "0.25", "--grid-tol", "0.2", "--device", "cpu",
                "--evaluator", "tests.fake_evaluators:by_resolution"])
-    assert rc == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    # the grid shows progress, names its choice, and its trials reach trials.csv
+    assert "grid candidates 3/3" in err and "scale grid: α = 1.25, β = 1, γ = 1.25" in err
+    assert sum(r["kind"] == "grid" for r in csv.DictReader((out / "trials.csv").open())) == 3
     rows = list(csv.DictReader((out / "grid" / "grid.csv").open()))
     assert {int(r["resolution"]) for r in rows} == {224, 280}
     for r in rows:

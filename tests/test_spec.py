@@ -26,6 +26,17 @@ def test_round_trips_of_zoo_and_space_samples():
         assert ArchSpec.from_timm_arch_def(spec.to_timm_arch_def(), **kw).key() == spec.key()
 
 
+def test_save_writes_json_or_yaml_by_suffix_and_load_reads_both(tmp_path):
+    import json
+    spec = zoo.get("mnasnet-a1")
+    spec.save(tmp_path / "a.json")
+    spec.save(tmp_path / "a.yaml")
+    assert json.loads((tmp_path / "a.json").read_text())["blocks"]  # real JSON
+    assert not (tmp_path / "a.yaml").read_text().lstrip().startswith("{")
+    assert ArchSpec.load(tmp_path / "a.json") == spec == ArchSpec.load(tmp_path / "a.yaml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.yaml"]  # no .tmp left
+
+
 def test_timm_strings_of_the_zoo():
     assert zoo.get("efficientnet-b0").to_timm_arch_def()[:2] == [["ds_r1_k3_s1_e1_c16_se0.25"],
                                                                  ["ir_r2_k3_s2_e6_c24_se0.25"]]
