@@ -370,14 +370,13 @@ def _grid(setup: Setup, store: Any, b0: Any) -> tuple[float, float, float]:
     """scaling.grid with the search's evaluate and engine; resumable through the store."""
     import dataclasses
 
+    from nas import report
     from nas.engine import BatchSource
     from scaling.grid import grid_candidates, grid_search, save_grid_table
 
     # every candidate trains at the proxy resolution scaled by its γ and is costed at its
     # own resolution (the same rule as `python -m scaling grid`)
     ctx = dataclasses.replace(setup.ctx, per_spec_resolution=True)
-
-    from nas import report
     opts, out = setup.opts, Path(setup.opts["out"])
 
     def evaluate(specs: list) -> list:

@@ -198,8 +198,8 @@ def _no_repeated_fields(tokens: list[str], where: str, same: dict[str, str] | No
     """`k3_k5` would silently mean k5 (the TF reference keeps the last): refuse it instead."""
     seen: dict[str, str] = {}
     for token in tokens:
-        m = re.match(r"se|[a-z]", token)
-        key = token if token in ("skip", "noskip", "conv") else (m.group(0) if m else token)
+        m = re.match(r"[a-z]+", token)  # the field's letters: k3 -> k, se0.25 -> se, noskip
+        key = m.group(0) if m else token
         key = (same or {}).get(key, key)
         if key in seen:
             raise SpecError(f"{where}: {seen[key]!r} and {token!r} give the same field twice")
