@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controllers import make  # noqa: E402
 from search_space import cost, model  # noqa: E402
+from search_space.fileio import write_atomic  # noqa: E402
 from search_space.space import SearchSpace  # noqa: E402
 
 TARGET_MACS = 400e6
@@ -85,9 +86,8 @@ class Objective:
         self.loaded = len(scores)
 
     def save(self, path: Path, batch: int) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"objective": CACHE_TAG, "batch": batch, "scores": self.cache}))
-        tmp.replace(path)  # atomic: a killed run leaves the previous file intact
+        # atomic: a killed run leaves the previous file intact
+        write_atomic(path, json.dumps({"objective": CACHE_TAG, "batch": batch, "scores": self.cache}))
 
     def __call__(self, choices) -> float:
         spec = self.space.decode(choices)

@@ -67,9 +67,9 @@ def run(resolution: int, samples: int, analytic_reps: int, module_reps: int, see
         flops = _flop_counter(spec, resolution)
         ok = (hook_macs, hook_params) == (macs, params) and flops == 2 * macs
         consistent &= ok
-        a = _per_call(lambda: (cost.macs(spec, resolution), cost.params(spec)), analytic_reps)
-        h = _per_call(lambda: count_by_hooks(build(spec), resolution), module_reps)
-        f = _per_call(lambda: _flop_counter(spec, resolution), module_reps)
+        a = _per_call(lambda spec=spec: (cost.macs(spec, resolution), cost.params(spec)), analytic_reps)
+        h = _per_call(lambda spec=spec: count_by_hooks(build(spec), resolution), module_reps)
+        f = _per_call(lambda spec=spec: _flop_counter(spec, resolution), module_reps)
         t_analytic, t_hooks, t_flops = t_analytic + a, t_hooks + h, t_flops + f
         rows.append({"spec": spec.name or f"space sample {len(rows) - len(zoo.names())}", "macs": macs, "params": params, "flops": flops,
                      "consistent": ok, "analytic_us": a * 1e6, "build_hooks_ms": h * 1e3,

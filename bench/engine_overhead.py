@@ -29,13 +29,13 @@ sys.path.insert(0, str(ROOT))
 TARGET = 400_000_000
 
 
-def noop_evaluate(spec, budget, target, alpha=-0.07, beta=-0.07):
+def noop_evaluate(spec, budget):
     """No work at all: a fixed accuracy."""
     from nas.result import TrialResult
     return TrialResult(status="ok", accuracy=0.5)
 
 
-def sleep_evaluate(spec, budget, target, alpha=-0.07, beta=-0.07):
+def sleep_evaluate(spec, budget):
     """Sleeps BENCH_SLEEP seconds (default 0.2): a trial that waits, using no CPU."""
     from nas.result import TrialResult
     time.sleep(float(os.environ.get("BENCH_SLEEP", "0.2")))
@@ -44,9 +44,9 @@ def sleep_evaluate(spec, budget, target, alpha=-0.07, beta=-0.07):
 
 def run_search(trials: int, workers: int, evaluator: str, in_process: bool = False) -> float:
     """Wall seconds of a search of `trials` trials (random controller, no cost window)."""
-    import controllers
     from nas.budget import ProxyBudget
-    from nas.engine import EvalContext, LoopSettings, SearchLoop
+    from nas.engine import EvalContext
+    from nas.loop import ControllerRecipe, LoopSettings, SearchLoop
     from nas.engine_local import LocalEngine
     from nas.store import Store
     from search_space.space import SearchSpace
@@ -54,9 +54,9 @@ def run_search(trials: int, workers: int, evaluator: str, in_process: bool = Fal
     space = SearchSpace.default()
     with tempfile.TemporaryDirectory() as tmp:
         store = Store.create(tmp, {"bench": True})
-        loop = SearchLoop(store, space, controllers.make("random", space.decisions, seed=0, key_fn=space.key),
+        loop = SearchLoop(store, space, ControllerRecipe("random", seed=0),
                           LoopSettings(target=TARGET, trials=trials, cost_window=(0.0, float("inf"))))
-        ctx = EvalContext(ProxyBudget(), TARGET, evaluator=f"bench.engine_overhead:{evaluator}")
+        ctx = EvalContext(ProxyBudget(), evaluator=f"bench.engine_overhead:{evaluator}")
         t0 = time.perf_counter()
         LocalEngine(["cpu"] * workers, in_process=in_process).run(loop, ctx)
         wall = time.perf_counter() - t0

@@ -1,7 +1,7 @@
 """Per-trial overhead of the NNI engine against the local engine, in one run.
 
 Both engines run the same search loop (random controller, built-in space) with the same
-trivial evaluator (`nas.nni_trial:hash_evaluate`: no training), at the same
+trivial evaluator (`nas.trial:hash_evaluate`: no training), at the same
 concurrency. Per-trial overhead is the steady-state time between consecutive recorded
 trials ((last finish - first finish) / (N - 1)) times the concurrency; the fixed cost
 is the rest of the wall time (start-up and stop). The ratio NNI / local is printed.
@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controllers.random import RandomSearch  # noqa: E402
 from nas.budget import ProxyBudget  # noqa: E402
-from nas.engine import EvalContext, LoopSettings, SearchLoop  # noqa: E402
+from nas.engine import EvalContext  # noqa: E402
+from nas.loop import ControllerRecipe, LoopSettings, SearchLoop  # noqa: E402
 from nas.store import Store  # noqa: E402
 from search_space.space import SearchSpace  # noqa: E402
 
@@ -32,9 +32,9 @@ TARGET = 400_000_000
 def measure(engine, out: Path, trials: int) -> dict:
     space = SearchSpace.default()
     store = Store.create(out, {"bench": engine.name})
-    loop = SearchLoop(store, space, RandomSearch(space.decisions, seed=0, key_fn=space.key),
+    loop = SearchLoop(store, space, ControllerRecipe("random", seed=0),
                       LoopSettings(target=TARGET, trials=trials, cost_window=(0.0, 1e9)))
-    ctx = EvalContext(budget=ProxyBudget(), target=TARGET, evaluator="nas.nni_trial:hash_evaluate")
+    ctx = EvalContext(budget=ProxyBudget(), evaluator="nas.trial:hash_evaluate")
     t0 = time.time()
     engine.run(loop, ctx)
     wall = time.time() - t0
@@ -58,7 +58,7 @@ def main() -> None:
         print("--trials must be at least 2", file=sys.stderr)
         sys.exit(2)
     from nas.engine_local import LocalEngine
-    from nas.engine_nni import NniEngine
+    from nas.nni.engine import NniEngine
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["HOME"] = tmp  # NNI's experiment manifest goes under $HOME

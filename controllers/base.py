@@ -5,6 +5,10 @@ A controller sees only how many choices each decision has. `ask()` hands out a
 `tell(proposal, reward)` or `tell_failure(proposal, status)`, in any order, for
 proposals asked one by one or in batches. `state_dict()` captures everything needed
 to continue exactly as if never stopped (RNG state, history, proposals not yet told).
+
+States are plain data (`is_plain`): dicts with str keys, lists, str, int, float, bool,
+None and CPU tensors. Why: `nas.store` writes them as JSON plus raw tensor bytes, so
+loading a checkpoint from a run directory can never execute code (pickle could).
 """
 from __future__ import annotations
 
@@ -55,7 +59,8 @@ class Controller(ABC):
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume; picklable (the store pickles it)."""
+        """Everything needed to resume, as plain data (`is_plain`); it shares no tensor
+        with the live controller, so later asks/tells do not change a saved state."""
 
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -65,8 +70,12 @@ class Controller(ABC):
 # --- shared plumbing (additive): pending-proposal bookkeeping and de-duplication ---
 
 
-class SpaceExhausted(StopIteration):
-    """No architecture is left that has not been proposed already (a StopIteration)."""
+class SpaceExhausted(Exception):
+    """No architecture is left that has not been proposed already.
+
+    Not a StopIteration: one raised inside a generator becomes a RuntimeError (PEP 479)
+    and one escaping into a `for` loop silently ends it. Catch `SpaceExhausted`.
+    """
 
 
 class Ledger:
@@ -74,6 +83,7 @@ class Ledger:
 
     `issue` hands out the next id; `settle` checks that a told proposal is pending
     (unknown or already-told ones raise ValueError) and returns its stored extra.
+    An extra must be plain data (it is part of the controller's state).
     """
 
     def __init__(self) -> None:
@@ -102,7 +112,7 @@ class Ledger:
 
     def state_dict(self) -> dict[str, Any]:
         return {"next_id": self.next_id,
-                "pending": [(i, list(c), e) for i, (c, e) in self.pending.items()]}
+                "pending": [[i, list(c), e] for i, (c, e) in self.pending.items()]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.next_id = int(state["next_id"])
@@ -145,6 +155,38 @@ def sample_unseen(rng: Any, sizes: Sequence[int], seen: set, key_fn: Any,
 
 def identity_key(choices: Sequence[int]) -> tuple[int, ...]:
     return tuple(choices)
+
+
+def plain_key(key: Any) -> Any:
+    """A de-duplication key as plain data: tuples become lists (recursively).
+
+    Keys are hashable, so no key is a list and `key_from_plain` inverts this exactly.
+    """
+    if isinstance(key, tuple):
+        return [plain_key(k) for k in key]
+    if key is None or isinstance(key, (str, int, float)):
+        return key
+    raise TypeError(f"a de-duplication key must be built of str, int, float, None and tuples, "
+                    f"got {type(key).__name__}")
+
+
+def key_from_plain(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(key_from_plain(v) for v in value)
+    return value
+
+
+def is_plain(obj: Any) -> bool:
+    """True for the data a controller state may hold: dicts with str keys, lists, str,
+    int, float, bool, None and CPU tensors (no tuples, sets or other objects)."""
+    import torch
+    if obj is None or isinstance(obj, (str, int, float)):
+        return True
+    if isinstance(obj, list):
+        return all(is_plain(v) for v in obj)
+    if isinstance(obj, dict):
+        return all(isinstance(k, str) and is_plain(v) for k, v in obj.items())
+    return isinstance(obj, torch.Tensor) and obj.device.type == "cpu"
 
 
 def finite_reward(reward: float) -> float:

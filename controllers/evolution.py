@@ -28,7 +28,7 @@ from typing import Any, Callable, Hashable, Optional, Sequence
 import numpy as np
 
 from .base import (Controller, Ledger, Proposal, check_state, finite_reward, identity_key,
-                   sample_unseen)
+                   key_from_plain, plain_key, sample_unseen)
 
 
 class RegularizedEvolution(Controller):
@@ -103,8 +103,8 @@ class RegularizedEvolution(Controller):
                 "population_size": self.population_size, "sample_size": self.sample_size,
                 "initial_random": self.initial_random, "rng": self.rng.bit_generator.state,
                 "ledger": self.ledger.state_dict(),
-                "population": [(list(c), r) for c, r in self.population],
-                "seen": list(self.seen), "n_told": self.n_told, "n_failed": self.n_failed}
+                "population": [[list(c), r] for c, r in self.population],
+                "seen": [plain_key(k) for k in self.seen], "n_told": self.n_told, "n_failed": self.n_failed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_state(state, "evolution", self.sizes)
@@ -113,5 +113,5 @@ class RegularizedEvolution(Controller):
         self.rng.bit_generator.state = state["rng"]
         self.ledger.load_state_dict(state["ledger"])
         self.population = deque((tuple(c), float(r)) for c, r in state["population"])
-        self.seen = set(state["seen"])
+        self.seen = {key_from_plain(k) for k in state["seen"]}
         self.n_told, self.n_failed = state["n_told"], state["n_failed"]

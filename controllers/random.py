@@ -13,7 +13,7 @@ from typing import Any, Callable, Hashable, Optional, Sequence
 import numpy as np
 
 from .base import (Controller, Ledger, Proposal, check_state, finite_reward, identity_key,
-                   sample_unseen)
+                   key_from_plain, plain_key, sample_unseen)
 
 
 class RandomSearch(Controller):
@@ -54,14 +54,15 @@ class RandomSearch(Controller):
     def state_dict(self) -> dict[str, Any]:
         return {"kind": "random", "sizes": list(self.sizes), "seed": self.seed,
                 "rng": self.rng.bit_generator.state, "ledger": self.ledger.state_dict(),
-                "seen": list(self.seen), "best": self.best,
+                "seen": [plain_key(k) for k in self.seen],
+                "best": None if self.best is None else [self.best[0], list(self.best[1])],
                 "n_told": self.n_told, "n_failed": self.n_failed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_state(state, "random", self.sizes)
         self.rng.bit_generator.state = state["rng"]
         self.ledger.load_state_dict(state["ledger"])
-        self.seen = set(state["seen"])
-        self.best = None if state["best"] is None else (state["best"][0], tuple(state["best"][1]))
+        self.seen = {key_from_plain(k) for k in state["seen"]}
+        self.best = None if state["best"] is None else (float(state["best"][0]), tuple(state["best"][1]))
         self.n_told, self.n_failed = state["n_told"], state["n_failed"]
 

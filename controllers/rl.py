@@ -1,9 +1,9 @@
 """MnasNet's controller: an LSTM policy over the decisions, trained with PPO.
 
-Policy (NASNet/MnasNet style): a one-layer LSTM (100 hidden units) runs one step per
-decision; its input is the embedding of the previous decision's choice (a learned start
-token for the first); one softmax head per decision (sizes differ). Weights start
-uniform in [-0.1, 0.1] as in NASNet/ENAS.
+Policy (NASNet/MnasNet style): a one-layer LSTM (`nn.LSTMCell`, 100 hidden units) runs
+one step per decision; its input is the embedding of the previous decision's choice (a
+learned start token for the first); one softmax head per decision (sizes differ).
+Weights start uniform in [-0.1, 0.1] as in NASNet/ENAS.
 
 Learning: reward minus an exponential-moving-average baseline (decay 0.95) is the
 advantage; every `batch_size` told proposals, `ppo_epochs` Adam steps on the PPO
@@ -19,99 +19,110 @@ before any).
 
 Sampling uses a private `torch.Generator`; weights are initialised from it too, so the
 global torch RNG and thread settings are never touched.
+
+Cost per tell is bounded: told proposals wait in a buffer of at most `batch_size`, which
+one PPO update (over that batch only) empties.
+
+`state_dict()` is plain data (controllers.base.is_plain): tensors for the policy, the
+Adam moments and the generator state (uint8), lists and numbers for the rest.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import Controller, Ledger, Proposal, check_state, finite_reward
 
 
 class LSTMPolicy(nn.Module):
-    """Autoregressive categorical policy: one LSTM step and one softmax head per decision."""
+    """Autoregressive categorical policy: one `nn.LSTMCell` step and one softmax head per
+    decision. Modules are built with `skip_init` (on the meta device), so torch's own
+    initialisation, which draws from the global RNG, never runs; every weight is then
+    drawn from `generator`: the same seed gives the same policy."""
 
     def __init__(self, sizes: Sequence[int], hidden: int, generator: torch.Generator,
                  init_range: float = 0.1) -> None:
         super().__init__()
         self.sizes = list(sizes)
         self.hidden = hidden
-        # embedding rows: 0 = start token, then one block of rows per decision's choices
+        # embedding rows: 0 = start token, then one block of rows per decision's choices;
+        # head rows: one block per decision (all heads stacked in one Linear)
         self.offsets = [1 + sum(self.sizes[:i]) for i in range(len(self.sizes))]
         n_heads = sum(self.sizes)
-        self.embedding = nn.Parameter(torch.empty(1 + n_heads, hidden))
-        self.w_ih = nn.Parameter(torch.empty(4 * hidden, hidden))
-        self.w_hh = nn.Parameter(torch.empty(4 * hidden, hidden))
-        self.bias = nn.Parameter(torch.empty(4 * hidden))
-        self.head_w = nn.Parameter(torch.empty(n_heads, hidden))  # all heads stacked
-        self.head_b = nn.Parameter(torch.empty(n_heads))
+        self.embedding = nn.utils.skip_init(nn.Embedding, 1 + n_heads, hidden)
+        self.cell = nn.utils.skip_init(nn.LSTMCell, hidden, hidden)
+        self.heads = nn.utils.skip_init(nn.Linear, hidden, n_heads)
         with torch.no_grad():
             for p in self.parameters():
                 p.uniform_(-init_range, init_range, generator=generator)
 
-    def _input_gates(self) -> torch.Tensor:
-        """Input-to-gate projection of every embedding row (one matmul instead of one per step)."""
-        return self.embedding @ self.w_ih.t() + self.bias
-
-    def _step(self, gx: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
-        gates = gx + h @ self.w_hh.t()
-        i, f, g, o = gates.chunk(4, dim=-1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
-
     def _logits(self, d: int, h: torch.Tensor) -> torch.Tensor:
         lo = self.offsets[d] - 1
         hi = lo + self.sizes[d]
-        return h @ self.head_w[lo:hi].t() + self.head_b[lo:hi]
+        return F.linear(h, self.heads.weight[lo:hi], self.heads.bias[lo:hi])
 
     @torch.no_grad()
     def sample(self, generator: torch.Generator) -> tuple[list[int], float]:
         """One choice per decision and the total log-probability of the sample."""
-        h = c = torch.zeros(1, self.hidden)
-        gates_x = self._input_gates()
-        x = gates_x[0:1]
+        state = None  # LSTMCell: zero h and c
+        x = self.embedding.weight[0:1]
         choices, logp = [], 0.0
         for d in range(len(self.sizes)):
-            h, c = self._step(x, h, c)
-            log_probs = torch.log_softmax(self._logits(d, h)[0], dim=-1)
+            state = self.cell(x, state)
+            log_probs = torch.log_softmax(self._logits(d, state[0])[0], dim=-1)
             k = int(torch.multinomial(log_probs.exp(), 1, generator=generator))
             choices.append(k)
             logp += float(log_probs[k])
-            x = gates_x[self.offsets[d] + k].unsqueeze(0)
+            x = self.embedding.weight[self.offsets[d] + k].unsqueeze(0)
         return choices, logp
 
     def evaluate(self, choices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability and entropy (summed over decisions) of a batch of choice rows."""
         n = choices.shape[0]
-        h = c = torch.zeros(n, self.hidden)
-        gates_x = self._input_gates()
-        x = gates_x[0].expand(n, -1)
+        state = None
+        x = self.embedding.weight[0].expand(n, -1)
         logp = torch.zeros(n)
         entropy = torch.zeros(n)
         for d in range(len(self.sizes)):
-            h, c = self._step(x, h, c)
-            log_probs = torch.log_softmax(self._logits(d, h), dim=-1)
+            state = self.cell(x, state)
+            log_probs = torch.log_softmax(self._logits(d, state[0]), dim=-1)
             logp = logp + log_probs.gather(1, choices[:, d:d + 1]).squeeze(1)
             entropy = entropy - (log_probs.exp() * log_probs).sum(-1)
-            x = gates_x[self.offsets[d] + choices[:, d]]
+            x = self.embedding(self.offsets[d] + choices[:, d])
         return logp, entropy
 
     @torch.no_grad()
     def greedy_probs(self) -> list[list[float]]:
         """Per-decision choice probabilities along the most likely path (for logs/tests)."""
-        h = c = torch.zeros(1, self.hidden)
-        gates_x = self._input_gates()
-        x = gates_x[0:1]
+        state = None
+        x = self.embedding.weight[0:1]
         out = []
         for d in range(len(self.sizes)):
-            h, c = self._step(x, h, c)
-            probs = torch.softmax(self._logits(d, h)[0], dim=-1)
+            state = self.cell(x, state)
+            probs = torch.softmax(self._logits(d, state[0])[0], dim=-1)
             out.append(probs.tolist())
-            x = gates_x[self.offsets[d] + int(probs.argmax())].unsqueeze(0)
+            x = self.embedding.weight[self.offsets[d] + int(probs.argmax())].unsqueeze(0)
         return out
+
+
+def _plain_optimizer(sd: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state_dict as plain data: per-parameter states as [index, {name: tensor}]
+    pairs (JSON keys are strings), tuples (Adam's betas) as lists, tensors copied."""
+    return {"state": [[int(i), {k: v.detach().clone() if isinstance(v, torch.Tensor) else v
+                                for k, v in st.items()}] for i, st in sorted(sd["state"].items())],
+            "param_groups": [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()}
+                             for g in sd["param_groups"]]}
+
+
+def _torch_optimizer(plain: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of `_plain_optimizer`; tensors are copied so the optimizer owns them."""
+    return {"state": {int(i): {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
+                      for i, st in plain["state"]},
+            "param_groups": [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+                             for g in plain["param_groups"]]}
 
 
 class RLController(Controller):
@@ -202,18 +213,18 @@ class RLController(Controller):
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": "rl", "sizes": list(self.sizes), "seed": self.seed,
-                "generator": self.generator.get_state().clone(),
+                "generator": self.generator.get_state(),  # a new uint8 tensor
                 "policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
-                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "optimizer": _plain_optimizer(self.optimizer.state_dict()),
                 "ledger": self.ledger.state_dict(), "baseline": self.baseline, "adv_sq": self.adv_sq,
-                "min_reward": self.min_reward, "buffer": [(list(c), lp, a) for c, lp, a in self.buffer],
+                "min_reward": self.min_reward, "buffer": [[list(c), lp, a] for c, lp, a in self.buffer],
                 "n_told": self.n_told, "n_failed": self.n_failed, "n_updates": self.n_updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_state(state, "rl", self.sizes)
         self.generator.set_state(state["generator"])
         self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.optimizer.load_state_dict(_torch_optimizer(state["optimizer"]))
         self.ledger.load_state_dict(state["ledger"])
         self.baseline, self.min_reward = state["baseline"], state["min_reward"]
         self.adv_sq = state["adv_sq"]

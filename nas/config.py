@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from nas.budget import ProxyBudget
 from nas.errors import UserError
+from search_space.fileio import yaml_line
 
 DEFAULT_OUT = "runs/search"
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds
@@ -155,7 +156,7 @@ def build_parser(with_nni: bool = True) -> argparse.ArgumentParser:
                    help=f"proxy training batch size (default: {d['batch_size']})")
     g.add_argument("--evaluator", metavar="MODULE:FUNC",
                    help=f"the function that trains one architecture (default: {d['evaluator']}); "
-                        f"nas.nni_trial:hash_evaluate trains nothing (tests, benchmarks)")
+                        f"nas.trial:hash_evaluate trains nothing (tests, benchmarks)")
     g = p.add_argument_group("where and how it runs")
     g.add_argument("--engine", choices=("local", "nni"), help=f"local worker processes or an NNI experiment "
                                                               f"(default: {d['engine']})")
@@ -192,8 +193,8 @@ def build_parser(with_nni: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--phis", help=f"which members to derive, e.g. 1-7, 1,2,5 or 0.5-3 (default: {d['phis']})")
     if with_nni:
         try:
-            from nas import engine_nni
-            engine_nni.add_cli_options(p)
+            from nas.nni.config import add_cli_options
+            add_cli_options(p)
         except Exception:  # NNI not importable: --engine nni reports it when used
             pass
     return p
@@ -208,8 +209,8 @@ def config_tokens(path: str, parser: argparse.ArgumentParser) -> list[str]:
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
+        line = yaml_line(exc)
+        where = "" if line is None else f" (line {line})"
         raise UserError(f"--config {path}: not valid YAML{where}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"--config {path}: cannot read ({exc})") from None

@@ -22,7 +22,7 @@ import tarfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -100,6 +100,22 @@ class ProxyData:
 _cache: "OrderedDict[tuple, ProxyData]" = OrderedDict()
 
 
+def _cached(key: tuple, make: Callable[[], ProxyData]) -> ProxyData:
+    """`make()` once per key, keeping the `_CACHE_SIZE` most recently used.
+
+    Not functools.lru_cache: the key is the *resolved* data folder and device, while
+    reading (and its error messages) uses the folder as given, and `download` is no
+    part of the key.
+    """
+    if key in _cache:
+        _cache.move_to_end(key)
+        return _cache[key]
+    _cache[key] = value = make()
+    while len(_cache) > _CACHE_SIZE:
+        _cache.popitem(last=False)
+    return value
+
+
 def load(budget_or_name, data_dir: str | None = None, resolution: int = 32, device: str | torch.device = "cpu",
          seed: int = 0, val_fraction: float = 0.2, download: bool = False, max_images: int | None = None) -> ProxyData:
     """The proxy dataset as device tensors; `budget_or_name` is a ProxyBudget or a dataset name.
@@ -126,15 +142,12 @@ def load(budget_or_name, data_dir: str | None = None, resolution: int = 32, devi
         raise UserError(f"max_images {max_images!r}: expected at least 2")
     device = resolve_device(device)
     key = (name, str(Path(data_dir).resolve()) if data_dir else None, resolution, str(device), seed, val_fraction, max_images)
-    if key in _cache:
-        _cache.move_to_end(key)
-        return _cache[key]
-    images, labels = _read(name, data_dir, download, resolution, max_images, seed)
-    data = _prepare(name, images, labels, resolution, device, seed, val_fraction)
-    _cache[key] = data
-    while len(_cache) > _CACHE_SIZE:
-        _cache.popitem(last=False)
-    return data
+
+    def make() -> ProxyData:
+        images, labels = _read(name, data_dir, download, resolution, max_images, seed)
+        return _prepare(name, images, labels, resolution, device, seed, val_fraction)
+
+    return _cached(key, make)
 
 
 def clear_cache() -> None:

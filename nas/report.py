@@ -9,25 +9,16 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, TextIO
 
+from search_space.fileio import write_atomic as atomic_write
+
 CSV_COLUMNS = ("id", "kind", "proposal_id", "source", "status", "accuracy", "reward", "macs", "params",
                "key", "choices", "epoch_accuracies", "wall_time", "worker", "attempt", "queued_at",
                "started_at", "finished_at", "message")
-
-
-def atomic_write(path: str | Path, text: str | bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if isinstance(text, bytes):
-        tmp.write_bytes(text)
-    else:
-        tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _cell(v: Any) -> Any:
@@ -46,6 +37,31 @@ def write_trials_csv(rows: Iterable[dict], path: str | Path) -> None:
     for r in rows:
         w.writerow([_cell(r.get(c)) for c in CSV_COLUMNS])
     atomic_write(path, buf.getvalue())
+
+
+def csv_line(row: dict) -> str:
+    buf = io.StringIO()
+    csv.writer(buf).writerow([_cell(row.get(c)) for c in CSV_COLUMNS])
+    return buf.getvalue()
+
+
+class TrialsCsv:
+    """Listener: trials.csv grows by one line per record, so its cost per trial stays flat
+    however long the run. `rewrite(rows)` writes it whole and atomically (at the start,
+    to take a resumed run's history, and at the end); a kill between can at worst leave
+    a torn last line, which the next rewrite replaces."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def rewrite(self, rows: Iterable[dict]) -> None:
+        write_trials_csv(rows, self.path)
+
+    def __call__(self, rec: dict) -> None:
+        if not self.path.exists():
+            self.rewrite([])
+        with open(self.path, "a", newline="") as fh:
+            fh.write(csv_line(rec))
 
 
 def best_spec(row: dict, target_resolution: int) -> Any:

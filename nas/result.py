@@ -1,7 +1,8 @@
-"""What one trial produced: the record that flows from evaluation to store and controller."""
+"""What an evaluator measured for one trial; the loop adds cost and reward (nas.records)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,11 +14,11 @@ FAILED_STATUSES = ("diverged", "oom", "failed", "timeout")
 
 @dataclass
 class TrialResult:
+    """Only what training measured: cost is counted and reward computed by the loop,
+    once for every kind of job, so an evaluator cannot get either wrong."""
+
     status: str
     accuracy: float | None = None
-    macs: int | None = None
-    params: int | None = None
-    reward: float | None = None
     loss: float | None = None
     epoch_accuracies: list[float] = field(default_factory=list)
     wall_time: float = 0.0
@@ -37,5 +38,15 @@ class TrialResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrialResult":
+        """Unknown keys are ignored (a record or an older evaluator's dict carries more)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def finite(x: Any) -> float | None:
+    """`x` as a float when it is a finite number, else None (NaN, Inf, junk)."""
+    try:
+        value = float(x)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None

@@ -1,7 +1,8 @@
 """`python -m nas.search --target-flops 400M`: the main job.
 
 Wires the search space, a controller, the proxy evaluation and an engine together
-(see nas/engine.py for the loop, nas/store.py for the crash-safe record), writes the
+(nas/loop.py for the loop, nas/engine_local.py and nas/nni/ for the engines,
+nas/store.py for the crash-safe record), writes the
 reports, then hands the best architecture (B0) to compound scaling (B1..B7 under
 `--out/family/`).
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,7 +40,8 @@ class Setup:
     ctx: Any
     settings: Any
     reference: Any
-    controller: Any = None
+    recipe: Any = None                  # nas.loop.ControllerRecipe
+    engine: Any = None                  # built and checked once, used for the search and the grid
     slots: list = field(default_factory=list)
     phis: list = field(default_factory=list)
 
@@ -75,20 +76,16 @@ def _space(opts: dict, given: set, stored: Optional[dict]) -> Any:
     return space
 
 
-def make_controller(opts: dict, space: Any) -> Any:
-    """The controller named in opts, sized for the run (evolution's population ~ trials/3)."""
-    import controllers
-    name = opts["controller"]
-    kwargs: dict[str, Any] = {}
-    if name == "evolution":
-        pop = max(4, min(50, opts["trials"] // 3))
-        kwargs = dict(population_size=pop, sample_size=max(2, min(10, pop // 3)), key_fn=space.key)
-    elif name == "random":
-        kwargs = dict(key_fn=space.key)
+def controller_recipe(opts: dict, space: Any) -> Any:
+    """The controller named in opts, sized for the run; built once here so that a bad
+    setting is a one-line error before `--out` exists."""
+    from nas.loop import ControllerRecipe
+    recipe = ControllerRecipe.for_run(opts["controller"], int(opts["seed"]), int(opts["trials"]))
     try:
-        return controllers.make(name, space.decisions, seed=int(opts["seed"]), **kwargs)
+        recipe.build(space)
     except ValueError as exc:
-        raise UserError(f"--controller {name}: {exc}") from None
+        raise UserError(f"--controller {recipe.name}: {exc}") from None
+    return recipe
 
 
 def _device(opts: dict) -> str:
@@ -108,8 +105,9 @@ def _device(opts: dict) -> str:
 def validate(opts: dict, given: set, stored: Optional[dict] = None) -> Setup:
     """Check every option, file and folder; build (but do not start) the pieces."""
     from nas.budget import ProxyBudget
-    from nas.engine import EvalContext, LoopSettings, load_evaluator
+    from nas.engine import EvalContext, load_evaluator
     from nas.engine_local import device_slots
+    from nas.loop import LoopSettings
     from nas.reward import preset
 
     if opts.get("target_flops") is None:
@@ -131,14 +129,17 @@ def validate(opts: dict, given: set, stored: Optional[dict] = None) -> Setup:
             raise UserError(f"--scale-grid: {str(exc).splitlines()[0]}") from None
     cfg.check_out_dir(opts["out"], bool(opts.get("resume")), bool(opts.get("overwrite")))
     elsewhere = False  # trials on other machines (NNI remote/cluster): their GPUs and folders, not ours
+    nni_cfg = None
     if opts["engine"] == "nni":
         try:
-            from nas import engine_nni
+            from nas.nni import config as nni_config
+            from nas.nni.engine import NniEngine
         except Exception as exc:
             raise UserError(f"--engine nni: NNI cannot be used here ({type(exc).__name__}: {exc})") from None
-        elsewhere = engine_nni.trials_run_elsewhere(engine_nni.load_nni_config(opts.get("nni_config")))
+        nni_cfg = nni_config.load_nni_config(opts.get("nni_config"))  # the one read of the file
+        elsewhere = nni_config.trials_run_elsewhere(nni_cfg)
     space = _space(opts, given, stored)
-    controller = make_controller(opts, space)  # its errors, too, before --out exists
+    recipe = controller_recipe(opts, space)  # its errors, too, before --out exists
     stride = space.skeleton().total_stride
     if int(opts["proxy_resolution"]) < stride:
         raise UserError(f"--proxy-resolution {opts['proxy_resolution']} is below the networks' total stride "
@@ -150,8 +151,12 @@ def validate(opts: dict, given: set, stored: Optional[dict] = None) -> Setup:
     else:
         n = int(opts["workers"]) or max(1, min(4, os.cpu_count() or 1))
         slots = device_slots("cpu", n)
-    if opts["engine"] == "nni":  # every NNI option, as the engine will see them, before --out exists
-        engine_nni.NniEngine.from_args(_namespace({**opts, "workers": len(slots)}))
+    if nni_cfg is not None:  # every NNI option checked as the engine is built, before --out exists
+        engine = NniEngine.from_args({**opts, "workers": len(slots)}, nni_cfg, log=lambda m: _log(opts, m))
+    else:
+        from nas.engine_local import LocalEngine
+        grace = min(30.0, 0.25 * float(opts["trial_timeout"]))
+        engine = LocalEngine(slots, trial_timeout=float(opts["trial_timeout"]) + grace)
     try:
         load_evaluator(opts["evaluator"])
     except Exception as exc:
@@ -172,10 +177,9 @@ def validate(opts: dict, given: set, stored: Optional[dict] = None) -> Setup:
     settings = LoopSettings(target=target, alpha=opts["alpha"], beta=opts["beta"], trials=int(opts["trials"]),
                             cost_window=window, target_resolution=int(opts["target_resolution"]),
                             chance=1.0 / num_classes)
-    ctx = EvalContext(budget=budget, target=target, alpha=opts["alpha"], beta=opts["beta"],
-                      evaluator=opts["evaluator"])
+    ctx = EvalContext(budget=budget, evaluator=opts["evaluator"])
     return Setup(opts=opts, space=space, budget=budget, ctx=ctx, settings=settings, reference=ref,
-                 controller=controller, slots=slots, phis=phis)
+                 recipe=recipe, engine=engine, slots=slots, phis=phis)
 
 
 def _check_data(budget: Any, opts: dict, elsewhere: bool = False) -> int:
@@ -219,6 +223,7 @@ def _prepare_out(opts: dict) -> None:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
+    from nas.engine import sigterm_as_interrupt
     from nas.store import Store
 
     t0 = time.time()
@@ -228,6 +233,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         cfg.check_out_dir(opts["out"], True, False)
         with Store.open(opts["out"]) as st:
             stored = st.config
+            st.checkpoint()  # a checkpoint it would refuse is refused before anything is changed
         opts = cfg.merge_resume(stored, opts, given)
         opts["resume"] = True
     setup = validate(opts, given, stored)
@@ -241,7 +247,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         store.requeue_pending()  # jobs that were running when the run stopped: attempt + 1
         store.set_meta("state", "running")
     try:
-        return _search(setup, store, t0)
+        with sigterm_as_interrupt():
+            return _search(setup, store, t0)
     except KeyboardInterrupt:  # outside the engine (TensorBoard start-up, outputs, the hand-off)
         _interrupted(store, setup)
         return 130
@@ -256,11 +263,10 @@ def _interrupted(store: Any, setup: Setup) -> None:
 
 def _search(setup: Setup, store: Any, t0: float) -> int:
     from nas import report
-    from nas.engine import SearchLoop
+    from nas.loop import SearchLoop
 
     opts = setup.opts
     out = Path(opts["out"])
-    controller = setup.controller
     done = store.count("search")
     failed = sum(1 for r in store.trials("search", "trained") if r["status"] != "ok")
     progress = report.Progress(setup.settings.trials, done=done, failed=failed,
@@ -271,7 +277,7 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
         from nas.tb import TBLogger
         tb = TBLogger(out)
         listeners.append(tb)
-    loop = SearchLoop(store, setup.space, controller, setup.settings, reference=setup.reference,
+    loop = SearchLoop(store, setup.space, setup.recipe, setup.settings, reference=setup.reference,
                       listeners=listeners)
     if loop.best() is not None:
         progress.best = loop.best()["reward"]
@@ -280,17 +286,13 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
                f"{setup.budget.dataset} at {setup.budget.resolution}px for {setup.budget.epochs:g} epoch(s); "
                f"out: {out}" + (f" (resumed at {done} trials)" if opts.get("resume") else ""))
     interrupted = False
-    old_term = signal.signal(signal.SIGTERM, _sigterm) if _main_thread() else None
     try:
-        _run_engine(setup, loop, setup.ctx)
-        if opts["engine"] == "nni":
-            loop.reload()
+        setup.engine.run(loop, setup.ctx)
+        loop.refresh()  # another process (NNI's dispatcher) may have driven it
     except KeyboardInterrupt:
         interrupted = True
     finally:
         progress.close()
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
     rows = store.trials()
     best = loop.best()
     reference = store.trial("reference", 0)
@@ -320,16 +322,20 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
 
 
 def _refresh_files(store: Any, out: Path, setup: Setup):
-    """Listener: keep trials.csv and best.yaml current after every trial (cheap, atomic)."""
+    """Listener: keep trials.csv and best.yaml current after every trial, at a cost that
+    does not grow with the run (one appended line; best.yaml only when the best changes)."""
     from nas import report
-    from nas.engine import best_trial
+    from nas.records import best_trial
+
+    csv_file = report.TrialsCsv(out / "trials.csv")
+    csv_file.rewrite(store.trials())  # once: the history of a resumed run
+    best = [best_trial(store.trials("search", "trained"))]
 
     def listener(rec: dict) -> None:
-        rows = store.trials()
-        report.write_trials_csv(rows, out / "trials.csv")
-        best = best_trial(r for r in rows if r["kind"] == "search")
-        if best is not None and rec.get("id") == best.get("id"):
-            report.write_best(best, out, setup.settings.target_resolution)
+        csv_file(rec)
+        if rec.get("kind") == "search" and best_trial([r for r in (best[0], rec) if r]) is rec:
+            best[0] = rec
+            report.write_best(rec, out, setup.settings.target_resolution)
     return listener
 
 
@@ -367,33 +373,22 @@ def _hand_off(setup: Setup, store: Any, best: dict) -> Optional[list]:
 
 
 def _grid(setup: Setup, store: Any, b0: Any) -> tuple[float, float, float]:
-    """scaling.grid with the search's evaluate and engine; resumable through the store."""
-    import dataclasses
-
+    """The α/β/γ grid (`nas.grid.run_grid`) on the search's engine and store; resumable."""
     from nas import report
-    from nas.engine import BatchSource
-    from scaling.grid import grid_candidates, grid_search, save_grid_table
+    from nas.grid import run_grid
+    from scaling.grid import grid_candidates, save_grid_table
 
-    # every candidate trains at the proxy resolution scaled by its γ and is costed at its
-    # own resolution (the same rule as `python -m scaling grid`)
-    ctx = dataclasses.replace(setup.ctx, per_spec_resolution=True)
     opts, out = setup.opts, Path(setup.opts["out"])
 
-    def evaluate(specs: list) -> list:
-        stored = store.trials("grid", "trained")
-        progress = report.Progress(len(specs), done=len(stored), failed=sum(r["status"] != "ok" for r in stored),
-                                   enabled=not (opts.get("no_progress") or opts.get("quiet")), kind="grid")
-        source = BatchSource(store, specs, kind="grid", target=setup.settings.target,
-                             alpha=setup.settings.alpha, beta=setup.settings.beta,
-                             listeners=[progress, _refresh_files(store, out, setup)])
-        _log(opts, f"scale grid: {len(specs)} distinct networks at φ = 1 to train ({len(stored)} already stored)")
-        try:
-            _run_engine(setup, source, ctx)
-        finally:
-            progress.close()
-        return source.results()
+    def listeners(n: int, stored: int) -> list:
+        failed = sum(r["status"] != "ok" for r in store.trials("grid", "trained"))
+        _log(opts, f"scale grid: {n} distinct networks at φ = 1 to train ({stored} already stored)")
+        progress = report.Progress(n, done=stored, failed=failed, kind="grid",
+                                   enabled=not (opts.get("no_progress") or opts.get("quiet")))
+        return [progress, _refresh_files(store, out, setup)]
 
-    result = grid_search(b0, evaluate, grid_candidates(float(opts["grid_step"]), tol=float(opts["grid_tol"])))
+    result = run_grid(store, b0, grid_candidates(float(opts["grid_step"]), tol=float(opts["grid_tol"])),
+                      setup.engine, setup.ctx, setup.settings.objective, listeners=listeners)
     rows = [{k: v for k, v in r.items() if k != "spec"} for r in result.rows]
     (out / "grid").mkdir(parents=True, exist_ok=True)
     save_grid_table(rows, out / "grid")
@@ -404,42 +399,6 @@ def _grid(setup: Setup, store: Any, b0: Any) -> tuple[float, float, float]:
     _log(opts, f"scale grid: α = {best['alpha']:g}, β = {best['beta']:g}, γ = {best['gamma']:g} "
                f"(proxy accuracy {best['accuracy']:.4f}, best of {len(rows)} candidates); table: {out / 'grid' / 'grid.md'}")
     return best["alpha"], best["beta"], best["gamma"]
-
-
-def _run_engine(setup: Setup, source: Any, ctx: Any) -> None:
-    """Run a job source (the search loop, the grid's batch) on the chosen engine."""
-    opts = setup.opts
-    if opts["engine"] == "nni":
-        from nas import engine_nni
-        _run_nni(engine_nni, {"source": source, "eval_ctx": ctx, "log": lambda m: _log(opts, m),
-                              "args": _namespace({**opts, "workers": len(setup.slots)})})
-    else:
-        from nas.engine_local import LocalEngine
-        grace = min(30.0, 0.25 * float(opts["trial_timeout"]))
-        LocalEngine(setup.slots, trial_timeout=float(opts["trial_timeout"]) + grace).run(source, ctx)
-
-
-def _run_nni(engine_nni: Any, ctx: dict) -> None:
-    try:
-        engine_nni.run(ctx)
-    except (UserError, KeyboardInterrupt, EngineError):
-        raise
-    except RuntimeError as exc:  # e.g. the NNI watchdog: one line, the store stays resumable
-        raise EngineError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-
-
-def _namespace(opts: dict) -> Any:
-    import argparse
-    return argparse.Namespace(**{k: v for k, v in opts.items() if not k.startswith("_")})
-
-
-def _main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
-
-
-def _sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:

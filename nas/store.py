@@ -21,15 +21,42 @@ Tables
                                 'state' (running | finished), free-form extras
   trials(...)                   one row per finished trial (see `TRIAL_COLUMNS`)
   pending(...)                  jobs asked but not finished (re-queued on resume)
-  checkpoints(name, ...)        latest pickled controller state per name, with counts
+  checkpoints(name, ...)        latest controller state per name, with counts
+
+Checkpoints hold no pickle: no code runs from a run directory. Whoever can write a run
+directory could otherwise make the next `--resume` execute anything (unpickling calls
+whatever the data names). A state is plain data (dicts with str keys, lists, tuples,
+str, int, float, bool, None) and CPU tensors; `encode_state` writes it as
+
+    b"effnas-checkpoint 1\n"      format tag and version (one ASCII line)
+    8 bytes                       length of the header, unsigned little-endian
+    header                        UTF-8 JSON: {"byteorder", "state", "tensors"}
+    data                          the tensors' raw bytes, one after another
+
+In "state" a tensor is {"$tensor": i} (i indexes "tensors": dtype, shape, offset,
+nbytes), a tuple {"$tuple": [...]}, and a dict whose single key starts with "$" is
+wrapped as {"$dict": {...}}, so every state reads back equal to what was written.
+Why raw bytes and not `torch.save`/`torch.load(weights_only=True)`: that is still an
+unpickler, restricted but with a history of bypasses; raw bytes plus JSON cannot run code
+by construction, keep floats bit-exact (exact resume) and cost no base64 or float
+printing (an RL checkpoint, ~1 MB, is written with every ask and every tell).
+`decode_state` refuses anything else (an old pickled checkpoint, another format or
+version, a damaged blob) and `Store.checkpoint` turns that into a one-line `UserError`.
+There is no migration: a run with a pickled checkpoint is not resumed (loading it is the
+unsafe act); start a new `--out`.
+
+Permissions: the folders `create` makes and `search.db` (SQLite gives its -wal and -shm
+files the same mode) are created with no write bit for group or others whatever the
+umask (modes 0o755 and 0o644, which a umask can only narrow). A folder the user gave
+that exists already keeps its permissions: it is theirs.
 """
 from __future__ import annotations
 
 import json
 import os
-import pickle
-import signal
 import sqlite3
+import struct
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -38,12 +65,10 @@ from .errors import UserError
 
 DB_NAME = "search.db"
 SCHEMA_VERSION = 1
-
-# Test hooks (tests/test_resume_kill.py): SIGKILL this process inside the N-th write
-# transaction (1-based; after its statements ran, before COMMIT), or right after the
-# N-th commit (between one record and the next step).
-KILL_IN_WRITE_ENV = "EFFNAS_TEST_KILL_IN_WRITE"
-KILL_AFTER_WRITE_ENV = "EFFNAS_TEST_KILL_AFTER_WRITE"
+CHECKPOINT_FORMAT = b"effnas-checkpoint"
+CHECKPOINT_VERSION = 1
+DIR_MODE = 0o755   # what `create` gives the folders it makes (before the umask)
+FILE_MODE = 0o644  # and search.db
 
 TRIAL_COLUMNS = (
     "id",                 # INTEGER, 1.., in order of completion
@@ -94,14 +119,164 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 _JSON_COLUMNS = ("choices", "spec", "epoch_accuracies", "extra")
 
 
-def _env_int(name: str) -> int:
-    value = os.environ.get(name, "")
-    return int(value) if value.isdigit() else 0
+# -- checkpoint encoding (see the module docstring) -------------------------------------
+class CheckpointFormatError(ValueError):
+    """A checkpoint blob that is not loaded; the message says why, on one line."""
 
 
-def _die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(60)
+_TAG_TENSOR, _TAG_TUPLE, _TAG_DICT = "$tensor", "$tuple", "$dict"
+_HEADER = struct.Struct("<Q")
+_MAX_TAG_LINE = 64
+
+
+def _dtypes() -> dict[str, Any]:
+    import torch
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+            "float64": torch.float64, "uint8": torch.uint8, "int8": torch.int8, "int16": torch.int16,
+            "int32": torch.int32, "int64": torch.int64, "bool": torch.bool}
+
+
+def encode_state(state: Any) -> bytes:
+    """`state` (plain data and CPU tensors) as a checkpoint blob; TypeError names the
+    first value that is not plain data (a controller bug: found when it is written)."""
+    import torch
+    names = {v: k for k, v in _dtypes().items()}
+    tensors: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    offset = 0
+
+    def enc(obj: Any, where: str) -> Any:
+        nonlocal offset
+        if obj is None or isinstance(obj, (bool, str)):
+            return obj
+        if isinstance(obj, int):
+            return int(obj)
+        if isinstance(obj, float):
+            return float(obj)
+        if isinstance(obj, list):
+            return [enc(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        if isinstance(obj, tuple):
+            return {_TAG_TUPLE: [enc(v, f"{where}[{i}]") for i, v in enumerate(obj)]}
+        if isinstance(obj, dict):
+            out = {}
+            for k, v in obj.items():
+                if not isinstance(k, str):
+                    raise TypeError(f"{where}: dict key {k!r} is not a str")
+                out[k] = enc(v, f"{where}[{k!r}]")
+            return {_TAG_DICT: out} if len(out) == 1 and next(iter(out)).startswith("$") else out
+        if isinstance(obj, torch.Tensor):
+            if obj.device.type != "cpu" or obj.layout != torch.strided or obj.dtype not in names:
+                raise TypeError(f"{where}: tensor ({obj.dtype}, {obj.device}, {obj.layout}) is not a "
+                                "dense CPU tensor of a supported dtype")
+            t = obj.detach().contiguous().reshape(-1)
+            raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            tensors.append({"dtype": names[obj.dtype], "shape": list(obj.shape), "offset": offset,
+                            "nbytes": len(raw)})
+            chunks.append(raw)
+            offset += len(raw)
+            return {_TAG_TENSOR: len(tensors) - 1}
+        raise TypeError(f"{where}: {type(obj).__module__}.{type(obj).__qualname__} is not plain data")
+
+    encoded = enc(state, "state")
+    header = json.dumps({"byteorder": sys.byteorder, "state": encoded, "tensors": tensors},
+                        separators=(",", ":")).encode()
+    tag = CHECKPOINT_FORMAT + b" " + str(CHECKPOINT_VERSION).encode() + b"\n"
+    return b"".join([tag, _HEADER.pack(len(header)), header, *chunks])
+
+
+def decode_state(blob: bytes) -> Any:
+    """The state `encode_state` wrote; `CheckpointFormatError` for anything else. Only
+    JSON is parsed and bytes copied into tensors: nothing in the blob can run code."""
+    blob = bytes(blob)
+    if blob[:1] == b"\x80":
+        raise CheckpointFormatError("is in an old unsafe format (pickle) and is not loaded")
+    line, sep, rest = blob[:_MAX_TAG_LINE].partition(b"\n")
+    fmt, _, version = line.partition(b" ")
+    if not sep or fmt != CHECKPOINT_FORMAT:
+        raise CheckpointFormatError("is not in a known format and is not loaded")
+    if version != str(CHECKPOINT_VERSION).encode():
+        shown = version.decode("ascii", "replace")[:20]
+        raise CheckpointFormatError(f"has format version {shown!r}, this effnas reads version "
+                                    f"{CHECKPOINT_VERSION}, and is not loaded")
+    body = blob[len(line) + 1:]
+    try:
+        return _decode_body(body)
+    except CheckpointFormatError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error, RecursionError) as exc:
+        detail = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise CheckpointFormatError(f"is damaged ({detail}) and is not loaded") from None
+
+
+def _decode_body(body: bytes) -> Any:
+    import torch
+    dtypes = _dtypes()
+    (n,) = _HEADER.unpack_from(body)
+    start = _HEADER.size + n
+    if start > len(body):
+        raise ValueError("header runs past the end")
+    head = json.loads(body[_HEADER.size:start].decode())
+    data = memoryview(body)[start:]
+    if head["byteorder"] != sys.byteorder:
+        raise ValueError(f"written on a {head['byteorder']}-endian machine")
+    tensors = []
+    for meta in head["tensors"]:
+        dtype = dtypes[meta["dtype"]]
+        shape, offset, nbytes = meta["shape"], meta["offset"], meta["nbytes"]
+        if not all(isinstance(x, int) and x >= 0 for x in (*shape, offset, nbytes)):
+            raise ValueError("bad tensor shape or extent")
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        if numel * torch.empty((), dtype=dtype).element_size() != nbytes or offset + nbytes > len(data):
+            raise ValueError("tensor bytes do not match its shape")
+        if nbytes:
+            flat = torch.frombuffer(bytearray(data[offset:offset + nbytes]), dtype=torch.uint8)
+            tensors.append(flat.view(dtype).reshape(shape))
+        else:
+            tensors.append(torch.empty(shape, dtype=dtype))
+
+    def dec(obj: Any) -> Any:
+        if isinstance(obj, list):
+            return [dec(v) for v in obj]
+        if isinstance(obj, dict):
+            if len(obj) == 1:
+                (k, v), = obj.items()
+                if k == _TAG_TENSOR:
+                    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < len(tensors):
+                        raise ValueError("bad tensor reference")
+                    return tensors[v]
+                if k == _TAG_TUPLE:
+                    if not isinstance(v, list):
+                        raise ValueError("bad tuple")
+                    return tuple(dec(x) for x in v)
+                if k == _TAG_DICT:
+                    if not isinstance(v, dict):
+                        raise ValueError("bad dict")
+                    return {kk: dec(vv) for kk, vv in v.items()}
+                if k.startswith("$"):
+                    raise ValueError(f"unknown tag {k[:20]!r}")
+            return {k: dec(v) for k, v in obj.items()}
+        return obj
+
+    return dec(head["state"])
+
+
+def _make_dirs(path: Path) -> None:
+    """`mkdir -p` giving DIR_MODE to every folder it makes (Path.mkdir gives parents
+    0o777 minus the umask, group-writable under the common umask 002)."""
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, DIR_MODE)
+        except FileExistsError:
+            pass
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path}: not a folder")
 
 
 class Checkpoint(tuple):
@@ -121,9 +296,6 @@ class Store:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA busy_timeout=60000")
-        self._writes = 0
-        self._kill_in = _env_int(KILL_IN_WRITE_ENV)
-        self._kill_after = _env_int(KILL_AFTER_WRITE_ENV)
 
     # -- opening -----------------------------------------------------------------------
     @staticmethod
@@ -151,7 +323,7 @@ class Store:
         """A new run's store; the schema and the config are written in one transaction,
         so a store without a config (a kill during creation) is never taken for a run."""
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        _make_dirs(out_dir)
         path = cls.db_path(out_dir)
         if cls.is_run(out_dir):
             raise UserError(f"{out_dir}: already holds a run (use --resume, or another --out)")
@@ -159,6 +331,8 @@ class Store:
             leftover = Path(str(path) + suffix)
             if leftover.exists():
                 leftover.unlink()
+        # made here, not by SQLite, so its mode is ours; SQLite copies it to -wal and -shm
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
         store = cls(path)
         with store._write():
             for statement in _SCHEMA.split(";"):
@@ -195,6 +369,8 @@ class Store:
 
     # -- transactions ------------------------------------------------------------------
     class _Txn:
+        """One write transaction: BEGIN IMMEDIATE, the statements, then `Store._commit`."""
+
         def __init__(self, store: "Store") -> None:
             self.store = store
 
@@ -203,20 +379,19 @@ class Store:
             return self.store._conn
 
         def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-            conn = self.store._conn
             if exc_type is not None:
-                conn.execute("ROLLBACK")
+                self.store._conn.execute("ROLLBACK")
                 return
-            st = self.store
-            st._writes += 1
-            if st._kill_in and st._writes == st._kill_in:
-                _die()
-            conn.execute("COMMIT")
-            if st._kill_after and st._writes == st._kill_after:
-                _die()
+            self.store._commit()
 
     def _write(self) -> "Store._Txn":
         return Store._Txn(self)
+
+    def _commit(self) -> None:
+        """Commit the open write transaction: every successful write passes here once,
+        after its statements. The one seam tests/kill_hooks.py wraps to SIGKILL a process
+        at an exact point of a run."""
+        self._conn.execute("COMMIT")
 
     # -- meta --------------------------------------------------------------------------
     def _put_meta(self, items: dict[str, str]) -> None:
@@ -240,34 +415,46 @@ class Store:
         self.set_meta("config", json.dumps(config, sort_keys=True))
 
     # -- checkpoints -------------------------------------------------------------------
-    def _put_checkpoint(self, ckpt: Checkpoint | None) -> None:
+    @staticmethod
+    def _encode_checkpoint(ckpt: Checkpoint | None) -> tuple | None:
+        """The checkpoint row, encoded before the transaction (no lock held meanwhile)."""
         if ckpt is None:
-            return
+            return None
         name, state, tells, asks = ckpt
-        self._conn.execute(
-            "INSERT OR REPLACE INTO checkpoints (name, state, tells, asks, saved_at) VALUES (?, ?, ?, ?, ?)",
-            (name, sqlite3.Binary(pickle.dumps(state, protocol=4)), tells, asks, time.time()))
+        return name, sqlite3.Binary(encode_state(state)), tells, asks
 
-    def save_checkpoint(self, ckpt: Checkpoint) -> None:
-        with self._write():
-            self._put_checkpoint(ckpt)
+    def _put_checkpoint(self, row: tuple | None) -> None:
+        if row is not None:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO checkpoints (name, state, tells, asks, saved_at) VALUES (?, ?, ?, ?, ?)",
+                (*row, time.time()))
 
     def checkpoint(self, name: str = "controller") -> tuple[Any, int, int] | None:
-        """(state, tells, asks) of the latest checkpoint called `name`, or None."""
+        """(state, tells, asks) of the latest checkpoint called `name`, or None.
+
+        A blob that is not this format (an old pickle included) is never unpickled:
+        `UserError`, one line saying so and how to go on.
+        """
         row = self._conn.execute("SELECT state, tells, asks FROM checkpoints WHERE name=?", (name,)).fetchone()
         if row is None:
             return None
-        return pickle.loads(row[0]), int(row[1]), int(row[2])
+        try:
+            state = decode_state(row[0])
+        except CheckpointFormatError as exc:
+            raise UserError(f"{self.path.parent}: controller checkpoint {name!r} {exc}; "
+                            "start a new run with another --out") from None
+        return state, int(row[1]), int(row[2])
 
     # -- pending jobs ------------------------------------------------------------------
     def add_pending(self, kind: str, proposal_id: int, job: dict[str, Any],
                     ckpt: Checkpoint | None = None, attempt: int = 1) -> None:
         """Record a job about to be trained, with the controller state after its ask."""
+        ckpt_row = self._encode_checkpoint(ckpt)
         with self._write():
             self._conn.execute(
                 "INSERT OR REPLACE INTO pending (kind, proposal_id, job, queued_at, attempt) VALUES (?, ?, ?, ?, ?)",
                 (kind, int(proposal_id), json.dumps(job), time.time(), int(attempt)))
-            self._put_checkpoint(ckpt)
+            self._put_checkpoint(ckpt_row)
 
     def pending(self, kind: str | None = None) -> list[dict[str, Any]]:
         """Pending jobs (dicts as given to `add_pending`, plus `attempt`), oldest first."""
@@ -305,11 +492,12 @@ class Store:
         row["attempt"] = int(row["attempt"] or 1)
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
+        ckpt_row = self._encode_checkpoint(ckpt)
         with self._write():
             cur = self._conn.execute(f"INSERT INTO trials ({cols}) VALUES ({marks})", tuple(row.values()))
             self._conn.execute("DELETE FROM pending WHERE kind=? AND proposal_id=?",
                                (row["kind"], row["proposal_id"]))
-            self._put_checkpoint(ckpt)
+            self._put_checkpoint(ckpt_row)
             return int(cur.lastrowid)
 
     def trials(self, kind: str | None = None, source: str | None = None) -> list[dict[str, Any]]:
@@ -325,6 +513,18 @@ class Store:
         if where:
             sql += " WHERE " + " AND ".join(where)
         return [self._decode(r) for r in self._conn.execute(sql + " ORDER BY id", args).fetchall()]
+
+    def trials_after(self, last_id: int) -> list[dict[str, Any]]:
+        """Trials recorded after trial `last_id`, in order (a poller's cost stays flat)."""
+        rows = self._conn.execute(f"SELECT {', '.join(TRIAL_COLUMNS)} FROM trials WHERE id > ? ORDER BY id",
+                                  (int(last_id),)).fetchall()
+        return [self._decode(r) for r in rows]
+
+    def last_trial_id(self) -> int:
+        return int(self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM trials").fetchone()[0])
+
+    def count_all(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0])
 
     def count(self, kind: str = "search", sources: Iterable[str] = ("trained",)) -> int:
         sources = tuple(sources)

@@ -11,7 +11,6 @@ free of training code). Bad input: one line `scaling: error: ...`, exit status 2
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from search_space.spec import ArchSpec
 from .compound import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, check_coefficients, parse_phis
 from .errors import ScalingError
 from .family import FAMILY_COLUMNS, derive_to_dir, family_markdown, family_members
-from .grid import GridResult, grid_candidates, grid_markdown, grid_search, save_grid_table
+from .grid import GridResult, grid_candidates, grid_markdown, save_grid_table
 from .tables import write_atomic
 
 PROG = "scaling"
@@ -79,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("grid", help="grid-search α, β, γ at φ = 1 by proxy training")
     g.add_argument("spec", metavar="SPEC", help="zoo name or spec YAML")
-    g.add_argument("--out", required=True, help="folder for grid.jsonl (resume), grid.md, grid.csv, best.json")
+    g.add_argument("--out", required=True, help="folder for search.db (resume), grid.md, grid.csv, best.json")
     g.add_argument("--step", type=float, default=0.05, help="grid step (default 0.05)")
     g.add_argument("--tol", type=float, default=0.1, help="keep |α·β²·γ² − 2| <= tol (default 0.1)")
     g.add_argument("--alpha-range", type=_range, default=(1.0, 2.0), help="LO,HI (default 1,2)")
@@ -138,118 +137,31 @@ def cmd_derive(args) -> int:
 
 
 # -- grid -----------------------------------------------------------------------------
-def _fingerprint(budget_dict: dict, target: int) -> str:
-    return hashlib.sha1(json.dumps([budget_dict, target], sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _read_journal(path: Path, fingerprint: str) -> dict[tuple[str, int], dict]:
-    """Finished candidates from grid.jsonl with the same budget; a torn last line is ignored."""
-    done: dict[tuple[str, int], dict] = {}
-    if not path.exists():
-        return done
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-            if rec.get("budget") == fingerprint:
-                done[(rec["key"], int(rec["resolution"]))] = rec["result"]
-        except (ValueError, KeyError, TypeError, AttributeError):
-            continue
-    return done
-
-
-def journaled_evaluate(journal: Path, fingerprint: str, evaluate_many: Callable[[list[ArchSpec]], list],
-                       result_from_dict: Callable[[dict], object], log: Callable[[str], None] = lambda s: None
-                       ) -> Callable[[list[ArchSpec]], list]:
-    """Wrap a batch evaluate so finished specs are read from `journal` and new ones appended, one line each."""
-
-    def evaluate(specs: list[ArchSpec]) -> list:
-        done = _read_journal(journal, fingerprint)
-        todo = [s for s in specs if (s.key(), s.resolution) not in done]
-        if len(todo) < len(specs):
-            log(f"resuming: {len(specs) - len(todo)} of {len(specs)} candidates already in {journal}")
-
-        def record(spec: ArchSpec, result) -> None:
-            rec = {"budget": fingerprint, "key": spec.key(), "resolution": spec.resolution, "name": spec.name,
-                   "result": result.to_dict()}
-            with open(journal, "a") as fh:
-                fh.write(json.dumps(rec) + "\n")
-                fh.flush()
-            done[(spec.key(), spec.resolution)] = result.to_dict()
-
-        for spec, result in zip(todo, evaluate_many(todo, record)):
-            if (spec.key(), spec.resolution) not in done:
-                record(spec, result)
-        return [result_from_dict(done[(s.key(), s.resolution)]) for s in specs]
-
-    return evaluate
-
-
 DEFAULT_EVALUATOR = "nas.trial:evaluate"
-
-
-def engine_evaluate(budget, target: int, workers: int = 1, evaluator: str = DEFAULT_EVALUATOR,
-                    trial_timeout: float | None = None, log: Callable[[str], None] = lambda s: None):
-    """A batch evaluate (specs, record) -> results on the local engine (`nas.engine_local`).
-
-    workers == 1 evaluates in this process, one after another; more use worker
-    processes. `record(spec, result)` is called as each trial finishes, so an
-    interrupted grid keeps what it finished.
-    """
-
-    def evaluate_many(specs: list[ArchSpec], record: Callable) -> list:
-        import shutil
-        import tempfile
-
-        from nas.engine import BatchSource, EvalContext
-        from nas.engine_local import LocalEngine, device_slots
-        from nas.result import TrialResult
-        from nas.store import Store
-
-        if not specs:
-            return []
-        scratch = Path(tempfile.mkdtemp(prefix="scaling-grid-"))
-        store = Store.create(scratch, {"kind": "scaling-grid"})
-        results: dict[int, TrialResult] = {}
-
-        def listener(rec: dict) -> None:
-            i = rec["proposal_id"]
-            results[i] = TrialResult(status=rec["status"], accuracy=rec["accuracy"], macs=rec["macs"],
-                                     params=rec["params"], reward=rec["reward"], message=rec["message"] or "",
-                                     epoch_accuracies=rec["epoch_accuracies"] or [], wall_time=rec["wall_time"] or 0.0)
-            record(specs[i], results[i])
-            acc = results[i].accuracy
-            log(f"[{len(results)}/{len(specs)}] {specs[i].name}: {rec['status']}"
-                + (f" accuracy {acc:.4f}" if acc is not None else ""))
-
-        try:
-            source = BatchSource(store, specs, kind="grid", target=target, listeners=[listener])
-            # each candidate trains at the proxy resolution times its resolution ratio (so γ
-            # changes what is learned) and is costed at its own resolution: ProxyBudget.at_resolution
-            ctx = EvalContext(budget=budget, target=target, evaluator=evaluator, per_spec_resolution=True)
-            slots = device_slots(budget.device, workers) if workers > 1 else [budget.device]
-            LocalEngine(slots=slots, trial_timeout=trial_timeout, in_process=workers == 1).run(source, ctx)
-        finally:
-            store.close()
-            shutil.rmtree(scratch, ignore_errors=True)
-        return [results.get(i) or TrialResult(status="failed", message="not evaluated") for i in range(len(specs))]
-
-    return evaluate_many
+STORE_CONFIG = {"kind": "scaling-grid"}
 
 
 def run_grid(b0: ArchSpec, out_dir: str | Path, budget, target: int | None = None, step: float = 0.05,
              tol: float = 0.1, alpha_range=(1.0, 2.0), beta_range=(1.0, 1.5), gamma_range=(1.0, 1.5),
              workers: int = 1, max_candidates: int | None = None, evaluator: str = DEFAULT_EVALUATOR,
              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> GridResult:
-    """The grid search on the local engine, resumable through `out_dir/grid.jsonl`.
+    """The grid search on the local engine (`nas.grid.run_grid`), resumable through
+    `out_dir/search.db`.
 
     `budget` is a `nas.budget.ProxyBudget` for the baseline (its `resolution` the proxy
-    resolution; `target_resolution` is set to b0's); see `nas.budget.ProxyBudget.at_resolution`. Candidates
-    finished under the same budget and target are read back from grid.jsonl, not retrained.
-    Writes grid.md, grid.csv and best.json (the winner with its spec) to `out_dir`.
+    resolution; `target_resolution` is set to b0's). A grid with the same baseline,
+    budget, evaluator, target and points is read back from the store, not retrained;
+    one that differs in any of them is trained anew beside it. Writes grid.md, grid.csv
+    and best.json (the winner with its spec) to `out_dir`.
     """
     import dataclasses
 
-    from nas.result import TrialResult
+    from nas.engine import EvalContext
+    from nas.engine_local import LocalEngine, device_slots
+    from nas.grid import grid_kind
+    from nas.grid import run_grid as run_on_store
+    from nas.records import Objective
+    from nas.store import Store
     from search_space import cost
 
     candidates = grid_candidates(step, alpha_range, beta_range, gamma_range, tol)
@@ -272,12 +184,36 @@ def run_grid(b0: ArchSpec, out_dir: str | Path, budget, target: int | None = Non
         probe.unlink()
     except OSError as exc:
         raise ScalingError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+    if Store.is_run(out):
+        store = Store.open(out)
+        if store.config != STORE_CONFIG:
+            store.close()
+            raise ScalingError(f"--out {out}: holds a search run, not a grid; use another --out")
+        store.requeue_pending()
+    else:
+        store = Store.create(out, STORE_CONFIG)
+    ctx = EvalContext(budget=budget, evaluator=evaluator)
+    objective = Objective(int(target))
+    kind = grid_kind(b0, ctx, objective, candidates)
+    slots = device_slots(budget.device, workers) if workers > 1 else [budget.device]
+    engine = LocalEngine(slots=slots, in_process=workers == 1)
 
-    fingerprint = _fingerprint({**budget.to_dict(), "evaluator": evaluator}, int(target))
-    evaluate = journaled_evaluate(out / "grid.jsonl", fingerprint,
-                                  engine_evaluate(budget, int(target), workers, evaluator, log=log),
-                                  TrialResult.from_dict, log)
-    result = grid_search(b0, evaluate, candidates)
+    def listeners(n: int, stored: int) -> list:
+        if stored:
+            log(f"resuming: {stored} of {n} candidates already in {store.path}")
+        done = [stored]
+
+        def line(rec: dict) -> None:
+            done[0] += 1
+            acc = rec["accuracy"]
+            log(f"[{done[0]}/{n}] {rec['spec'].get('name') or rec['key']}: {rec['status']}"
+                + (f" accuracy {acc:.4f}" if acc is not None else ""))
+        return [line]
+
+    try:
+        result = run_on_store(store, b0, candidates, engine, ctx, objective, kind=kind, listeners=listeners)
+    finally:
+        store.close()
     save_grid_table(result.rows, out)
     best = None
     if result.best is not None:
@@ -326,7 +262,7 @@ def cmd_grid(args) -> int:
     else:
         print(grid_markdown(rows), end="")
         if best is None:
-            print("no candidate trained successfully; see grid.jsonl")
+            print(f"no candidate trained successfully; see {Path(args.out) / 'grid.csv'}")
         else:
             print(f"best: alpha={best['alpha']:g} beta={best['beta']:g} gamma={best['gamma']:g} "
                   f"accuracy={best['accuracy']:.4f} (tables in {args.out})")

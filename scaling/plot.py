@@ -1,8 +1,11 @@
 """family.png: params and multiply-adds of a family against φ, beside the paper's B0..B7 (Table 2)."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
+
+from search_space.fileio import write_atomic
 
 from .compound import PAPER_FLOPS_B, PAPER_PARAMS_M
 
@@ -10,11 +13,8 @@ from .compound import PAPER_FLOPS_B, PAPER_PARAMS_M
 def plot_family(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
     """Two panels (params in M, multiply-adds in B) on log axes; the published points as crosses.
 
-    Written to a temporary file and renamed, like every other output.
+    Rendered in memory, then written atomically like every other output.
     """
-    import os
-    import tempfile
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -42,14 +42,10 @@ def plot_family(rows: Sequence[dict], path: str | Path, title: str = "") -> Path
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=100, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary files
-        os.replace(tmp, path)
+        fig.savefig(buf, dpi=100, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, buf.getvalue())
     return path

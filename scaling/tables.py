@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
-from pathlib import Path
 from typing import Sequence
+
+# Re-exported: the grid and the CLI import it from here.
+from search_space.fileio import write_atomic as write_atomic
 
 
 def fmt(value) -> str:
@@ -38,17 +38,3 @@ def to_csv(rows: Sequence[dict], columns: Sequence[str]) -> str:
         writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
     return buf.getvalue()
 
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

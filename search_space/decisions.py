@@ -11,7 +11,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Decision:
-    """One categorical decision, e.g. `block3.kernel` with choices (3, 5)."""
+    """One categorical decision, e.g. `b3.kernel` with choices (3, 5) (`SearchSpace.decisions`)."""
 
     name: str
     choices: tuple[Any, ...]

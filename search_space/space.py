@@ -21,7 +21,8 @@ import numpy as np
 
 from .decisions import Decision
 from .errors import SpecError, read_text_file
-from .spec import ACTIVATIONS, CONV_OPS, ArchSpec, BlockSpec, _is_real
+from .fileio import write_atomic, yaml_line, yaml_problem
+from .spec import ACTIVATIONS, CONV_OPS, ArchSpec, BlockSpec, _is_int, _is_real
 
 SKIP_OPS = ("identity", "none")
 
@@ -158,10 +159,9 @@ class SearchSpace:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            where = f"line {mark.line + 1}" if mark is not None else "<yaml>"
-            raise SpecError(f"{source}: {where}: YAML does not parse: {problem}") from None
+            line = yaml_line(exc)
+            where = "<yaml>" if line is None else f"line {line}"
+            raise SpecError(f"{source}: {where}: YAML does not parse: {yaml_problem(exc, with_line=False)}") from None
         return cls.from_dict(data, source=source)
 
     @classmethod
@@ -192,10 +192,8 @@ class SearchSpace:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_yaml())
-        tmp.replace(path)
+        """Write the file form atomically (a killed process never leaves half a file)."""
+        write_atomic(path, self.to_yaml())
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SearchSpace):
@@ -298,9 +296,9 @@ class SearchSpace:
             rank["filter_multiplier"] = lambda v: abs(v - 1)
             rank["layers_delta"] = abs
             match = {  # per-field filters for the choices that map one-to-one onto a spec field
-                "kernel": lambda v: v == tb.kernel,
-                "filter_multiplier": lambda v, i=i: self._out[i][v] == tb.out_channels,
-                "layers_delta": lambda v: max(1, base.repeats + v) == tb.repeats,
+                "kernel": lambda v, k=tb.kernel: v == k,
+                "filter_multiplier": lambda v, outs=self._out[i], c=tb.out_channels: outs[v] == c,
+                "layers_delta": lambda v, r=base.repeats, want=tb.repeats: max(1, r + v) == want,
             }
             cands = []
             for f, opts, _ in slots:
@@ -474,10 +472,6 @@ def _as_tuple(options: Any) -> tuple[Any, ...]:
     if options is None:
         return ()
     return (options,)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def _as_rng(rng: Any) -> Any:

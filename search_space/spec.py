@@ -12,11 +12,12 @@ import json
 import math
 import numbers
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import SpecError, read_text_file
+from .fileio import write_atomic, yaml_problem
 
 CONV_OPS = ("mbconv", "dsconv", "conv")
 ACTIVATIONS = ("swish", "relu")
@@ -345,16 +346,14 @@ class ArchSpec:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise SpecError(f"spec YAML does not parse: {_yaml_where(exc)}") from None
+            raise SpecError(f"spec YAML does not parse: {yaml_problem(exc)}") from None
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
         """Write JSON for a `.json` path, YAML otherwise, atomically (a killed process never
         leaves half a file). `load` reads both (JSON is YAML)."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json() + "\n" if path.suffix.lower() == ".json" else self.to_yaml())
-        tmp.replace(path)
+        write_atomic(path, self.to_json() + "\n" if path.suffix.lower() == ".json" else self.to_yaml())
 
     @classmethod
     def load(cls, path: str | Path) -> "ArchSpec":
@@ -397,7 +396,11 @@ def _is_real(x: Any) -> bool:
 
 
 def _is_int(x: Any) -> bool:
-    """A Python int, not a bool (YAML's `true` is not a width)."""
+    """A Python int, not a bool (YAML's `true` is not a width) nor a numpy integer.
+
+    Shared with the space, whose values end up in BlockSpecs: accepting there what a
+    BlockSpec refuses would only move the error from the file to `decode`.
+    """
     return isinstance(x, int) and not isinstance(x, bool)
 
 
@@ -422,9 +425,3 @@ def _num(x: float) -> str:
 
 def _int_if_whole(x: float) -> float | int:
     return int(x) if float(x).is_integer() else x
-
-
-def _yaml_where(exc: Exception) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return f"line {mark.line + 1}: {problem}" if mark is not None else problem

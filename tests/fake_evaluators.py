@@ -1,6 +1,6 @@
 """Evaluators that train nothing, for engine and CLI tests (importable by spawned workers).
 
-All share `evaluate(spec, budget, target, alpha, beta)`. Accuracy is a hash of the
+All keep the evaluator contract `fn(spec, budget) -> TrialResult`. Accuracy is a hash of the
 architecture's key, so results are deterministic and belong visibly to their spec.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ def behaviour(key: str) -> str:
     return BEHAVIOURS[key_hash(key) % len(BEHAVIOURS)]
 
 
-def ok(spec, budget, target, alpha=-0.07, beta=-0.07):
+def ok(spec, budget):
     """Deterministic accuracy; sleeps EFFNAS_FAKE_SLEEP seconds (default 0) first."""
     delay = float(os.environ.get("EFFNAS_FAKE_SLEEP", "0") or 0)
     if delay:
@@ -36,43 +36,43 @@ def ok(spec, budget, target, alpha=-0.07, beta=-0.07):
     return TrialResult(status="ok", accuracy=acc, epoch_accuracies=[acc / 2, acc], wall_time=delay)
 
 
-def noop(spec, budget, target, alpha=-0.07, beta=-0.07):
+def noop(spec, budget):
     """Does no work at all (engine overhead)."""
     return TrialResult(status="ok", accuracy=0.5)
 
 
-def raises(spec, budget, target, alpha=-0.07, beta=-0.07):
+def raises(spec, budget):
     raise RuntimeError("injected failure")
 
 
-def nan(spec, budget, target, alpha=-0.07, beta=-0.07):
+def nan(spec, budget):
     return TrialResult(status="ok", accuracy=float("nan"))
 
 
-def hang(spec, budget, target, alpha=-0.07, beta=-0.07):
+def hang(spec, budget):
     time.sleep(600)
 
 
-def exits(spec, budget, target, alpha=-0.07, beta=-0.07):
+def exits(spec, budget):
     os._exit(3)
 
 
-def mixed(spec, budget, target, alpha=-0.07, beta=-0.07):
+def mixed(spec, budget):
     """raise / NaN / hang / os._exit / ok, chosen by the architecture's key."""
     return {"raise": raises, "nan": nan, "hang": hang, "exit": exits, "ok": ok}[behaviour(spec.key())](
-        spec, budget, target, alpha, beta)
+        spec, budget)
 
 
-def by_name(spec, budget, target, alpha=-0.07, beta=-0.07):
+def by_name(spec, budget):
     """The behaviour named by `spec.name` (`sleep0.5` sleeps, then ok; ok when unnamed)."""
     if spec.name.startswith("sleep"):
         time.sleep(float(spec.name[5:]))
-        return ok(spec, budget, target, alpha, beta)
+        return ok(spec, budget)
     fn = {"raise": raises, "nan": nan, "hang": hang, "exit": exits}.get(spec.name, ok)
-    return fn(spec, budget, target, alpha, beta)
+    return fn(spec, budget)
 
 
-def by_resolution(spec, budget, target, alpha=-0.07, beta=-0.07):
+def by_resolution(spec, budget):
     """Accuracy = proxy resolution / 1000: shows which resolution a trial trained at."""
     if budget.target_resolution != spec.resolution and budget.target_resolution != 224:
         raise ValueError(f"costed at {budget.target_resolution}, spec runs at {spec.resolution}")

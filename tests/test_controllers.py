@@ -1,7 +1,6 @@
 """Controllers: ask/tell protocol, de-duplication, learning, exact resume, failures."""
 from __future__ import annotations
 
-import pickle
 import random
 
 import pytest
@@ -9,6 +8,8 @@ import torch
 
 from controllers import (RLController, RandomSearch, RegularizedEvolution, SpaceExhausted,
                          make)
+from controllers.base import is_plain
+from nas.store import decode_state, encode_state
 from search_space import Decision
 
 SIZES = [3, 2, 3, 2, 3, 3, 2, 4]
@@ -81,7 +82,7 @@ def test_batch_asks_told_out_of_order_and_bad_tells_rejected(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_failures_do_not_crash(name):
     ctl = make(name, SIZES, seed=0, **SMALL[name])
-    for i in range(40):
+    for _ in range(40):
         batch = ctl.ask_batch(3)
         ctl.tell_failure(batch[0], "oom")
         ctl.tell(batch[1], zeros_reward(batch[1].choices))
@@ -180,8 +181,15 @@ def test_evolution_and_unique_random_exhaust_with_key_fn():
             assert key(p.choices) not in keys
             keys.add(key(p.choices))
             ctl.tell(p, zeros_reward(p.choices))
-        with pytest.raises(SpaceExhausted):
+        with pytest.raises(SpaceExhausted) as exc:
             ctl.ask()
+        # not a StopIteration: inside a generator that would turn into a RuntimeError
+        assert not isinstance(exc.value, StopIteration)
+
+        def gen(c=ctl):
+            yield c.ask()
+        with pytest.raises(SpaceExhausted):
+            next(gen())
 
 
 def test_rl_probability_of_the_dominant_choice_rises():
@@ -196,12 +204,46 @@ def test_rl_probability_of_the_dominant_choice_rises():
 
 
 def test_rl_leaves_the_global_torch_rng_alone():
+    """Constructing (nn.LSTMCell's own init draws from the global RNG), asking, telling,
+    saving and loading use only the controller's generator."""
     state = torch.get_rng_state()
     rl = RLController(SIZES, seed=0, batch_size=2)
-    for _ in range(4):
+    for i in range(6):
         p = rl.ask()
-        rl.tell(p, 1.0)
+        rl.tell(p, float(i))
+    assert rl.n_updates == 3
+    rl.choice_probs()
+    RLController(SIZES, seed=5).load_state_dict(rl.state_dict())
     assert torch.equal(state, torch.get_rng_state())
+
+
+def test_rl_weights_come_from_the_seed():
+    def weights(seed):
+        return RLController(SIZES, seed=seed).policy.state_dict()
+    a, b, c = weights(4), weights(4), weights(5)
+    assert list(a) == list(c) and any("cell.weight_hh" in k for k in a)  # an nn.LSTMCell inside
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(torch.equal(a[k], c[k]) for k in a)
+    assert all(v.abs().max() <= 0.1 for v in a.values())  # NASNet/ENAS init range
+
+
+def test_rl_update_cost_does_not_grow_with_the_tells():
+    """Every PPO update sees exactly one batch; the buffer never holds more."""
+    rl = RLController(SIZES, seed=0, batch_size=4, ppo_epochs=2)
+    rows = []
+    evaluate = rl.policy.evaluate
+
+    def counting(choices):
+        rows.append(choices.shape[0])
+        return evaluate(choices)
+    rl.policy.evaluate = counting
+    for _ in range(25):
+        batch = rl.ask_batch(4)
+        for p in batch:
+            rl.tell(p, zeros_reward(p.choices))
+            assert len(rl.buffer) < 4
+    assert rows == [4] * (2 * 25)
+    assert rl.n_updates == 25
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -224,7 +266,9 @@ def test_exact_resume_with_pending_proposals(name):
 
     a = make(name, SIZES, seed=7, **SMALL[name])
     _, pending = drive(a, [], 6, seed=0)
-    state = pickle.loads(pickle.dumps(a.state_dict()))
+    saved = a.state_dict()
+    assert is_plain(saved), saved  # no tuples, sets or objects: JSON and tensors only
+    state = decode_state(encode_state(saved))  # what the store writes and reads back
     b = make(name, SIZES, seed=99, **SMALL[name])  # another seed: the state must override it
     b.load_state_dict(state)
     cont_a, _ = drive(a, list(pending), 8, seed=1)
@@ -244,17 +288,25 @@ def test_load_state_refuses_another_kind_or_space():
         make("random", [2, 2]).load_state_dict(state)
 
 
-def test_every_proposal_decodes_to_a_valid_spec():
+def test_proposals_on_the_real_space_are_in_range_and_distinct_by_key():
+    """On the default space (49 decisions of different sizes) every choice is within its
+    decision, and with `key_fn=space.key` no two proposals decode to the same canonical
+    architecture (the space maps several choice tuples onto one)."""
     from search_space.space import SearchSpace
     space = SearchSpace.default()
+    sizes = [len(d.choices) for d in space.decisions]
     for name in NAMES:
-        kwargs = {"key_fn": space.key} if name == "evolution" else {}
+        kwargs = {"key_fn": space.key} if name != "rl" else {}
         ctl = make(name, space.decisions, seed=0, **kwargs)
+        keys = []
         for _ in range(25):
             p = ctl.ask()
+            assert len(p.choices) == len(sizes) and all(0 <= c < s for c, s in zip(p.choices, sizes))
             spec = space.decode(p.choices)
-            assert spec.blocks, spec
-            ctl.tell(p, float(len(spec.blocks)))
+            keys.append(spec.key())
+            ctl.tell(p, zeros_reward(p.choices))
+        if kwargs:  # (evolution without key_fn repeats 2-4 canonical keys in 25 asks here)
+            assert len(set(keys)) == len(keys), name
 
 
 def _bench_module():

@@ -184,3 +184,15 @@ def test_imagefolder_max_images_decodes_only_the_kept_files(tmp_path, monkeypatc
     assert len(opened) == 6                                   # not all 20 files
     assert d.train_x.shape[0] + d.val_x.shape[0] == 6
     assert sorted(torch.cat([d.train_y, d.val_y]).tolist()) == [0, 0, 0, 1, 1, 1]  # still stratified
+
+
+def test_cache_keeps_the_four_most_recently_used_and_clears():
+    D.clear_cache()
+    first = {seed: D.load("mnist5k", resolution=8, seed=seed) for seed in range(4)}
+    assert D.load("mnist5k", resolution=8, seed=0) is first[0]   # a hit, now the most recent
+    D.load("mnist5k", resolution=8, seed=4)                      # evicts seed 1, the least recent
+    assert D.load("mnist5k", resolution=8, seed=0) is first[0]
+    assert D.load("mnist5k", resolution=8, seed=3) is first[3]
+    assert D.load("mnist5k", resolution=8, seed=1) is not first[1]
+    D.clear_cache()
+    assert D.load("mnist5k", resolution=8, seed=0) is not first[0]

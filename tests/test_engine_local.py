@@ -8,7 +8,9 @@ import pytest
 import controllers
 from controllers.base import Controller, Ledger
 from nas.budget import ProxyBudget
-from nas.engine import (BatchSource, EvalContext, LoopSettings, SearchLoop, cost_only_reward, evaluate_job)
+from nas.engine import EvalContext, evaluate_job
+from nas.loop import BatchSource, LoopSettings, SearchLoop, cost_only_reward
+from nas.records import Objective
 from nas.engine_local import LocalEngine, device_slots, threads_per_worker
 from nas.store import Store
 from search_space import cost, zoo
@@ -20,7 +22,7 @@ SPACE = SearchSpace.default()
 
 
 def _ctx(evaluator="tests.fake_evaluators:ok"):
-    return EvalContext(ProxyBudget(), T, evaluator=evaluator)
+    return EvalContext(ProxyBudget(), evaluator=evaluator)
 
 
 def _loop(path, trials=6, controller=None, window=(0.5, 1.0), reference=None):
@@ -155,15 +157,15 @@ def test_resume_after_a_crash_continues_exactly(tmp_path):
 
     calls = {"n": 0}
 
-    def flaky(spec, budget, target, alpha, beta):
+    def flaky(spec, budget):
         calls["n"] += 1
         if calls["n"] == 5:
             raise Abort()  # escapes like a kill would
-        return fe.ok(spec, budget, target, alpha, beta)
+        return fe.ok(spec, budget)
 
     run = _loop(tmp_path / "run", trials=8)
     with pytest.raises(Abort):
-        LocalEngine(in_process=True).run(run, EvalContext(ProxyBudget(), T, evaluator=flaky))
+        LocalEngine(in_process=True).run(run, EvalContext(ProxyBudget(), evaluator=flaky))
     assert run.store.count("search") == 4 and len(run.store.pending()) == 1
     run.store.close()
     again = _loop(tmp_path / "run", trials=8)  # new controller object, state from the store
@@ -178,7 +180,7 @@ def test_failures_are_isolated_and_recorded(tmp_path):
     names = ["raise", "nan", "hang", "exit", "ok", "sleep0.2"]
     specs = [dataclasses.replace(b0, name=n) for n in names]
     store = Store.create(tmp_path, {})
-    src = BatchSource(store, specs, target=T)
+    src = BatchSource(store, specs, Objective(T))
     engine = LocalEngine(["cpu", "cpu"], trial_timeout=1.5)
     engine.run(src, _ctx("tests.fake_evaluators:by_name"))
     res = dict(zip(names, src.results()))
@@ -217,7 +219,7 @@ class _DeadOnArrival(LocalEngine):
 def test_one_startup_death_after_many_replacements_is_not_fatal(tmp_path):
     b0 = zoo.get("efficientnet-b0")
     specs = [dataclasses.replace(b0, name="exit", dropout=0.01 * i) for i in range(12)] + [b0]
-    src = BatchSource(Store.create(tmp_path, {}), specs, target=T)
+    src = BatchSource(Store.create(tmp_path, {}), specs, Objective(T))
     engine = _DeadOnArrival(["cpu"], dead={13})  # the replacement after the 12th death dies at start
     engine.run(src, _ctx("tests.fake_evaluators:by_name"))
     statuses = [r.status for r in src.results()]
@@ -227,7 +229,7 @@ def test_one_startup_death_after_many_replacements_is_not_fatal(tmp_path):
 def test_workers_that_keep_dying_at_startup_stop_the_run(tmp_path):
     from nas.engine_local import EngineError
 
-    src = BatchSource(Store.create(tmp_path, {}), [zoo.get("efficientnet-b0")], target=T)
+    src = BatchSource(Store.create(tmp_path, {}), [zoo.get("efficientnet-b0")], Objective(T))
     engine = _DeadOnArrival(["cpu"], dead=range(1, 100))
     with pytest.raises(EngineError, match="keep dying at start-up"):
         engine.run(src, _ctx())
@@ -238,13 +240,15 @@ def test_results_arrive_in_completion_order(tmp_path):
     b0 = zoo.get("efficientnet-b0")
     specs = [dataclasses.replace(b0, name=n) for n in ("sleep1.5", "sleep0", "sleep0.1", "sleep0")]
     store = Store.create(tmp_path, {})
-    src = BatchSource(store, specs, target=T)
+    src = BatchSource(store, specs, Objective(T))
     LocalEngine(["cpu", "cpu"]).run(src, _ctx("tests.fake_evaluators:by_name"))
-    order = [r["proposal_id"] for r in store.trials()]
+    rows = store.trials()
+    order = [r["proposal_id"] for r in rows]
     assert order[-1] == 0 and sorted(order) == [0, 1, 2, 3]
-    finished = [r["finished_at"] for r in store.trials()]
-    assert finished == sorted(finished)
-    assert {r["worker"] for r in store.trials()} <= {"cpu-0", "cpu-1"}
+    slow = rows[-1]
+    # the three quick ones were recorded while the slow one still ran on the other worker
+    assert all(r["finished_at"] < slow["started_at"] + 1.5 for r in rows[:-1])
+    assert {r["worker"] for r in rows[:-1]} == {w for w in ("cpu-0", "cpu-1") if w != slow["worker"]}
 
 
 def test_pool_and_inline_engines_train_the_same_architectures(tmp_path):

@@ -2,14 +2,14 @@
 against what each trial trained, clean stop on SIGTERM, resume, and the tuner's
 defences against NNI's parameter/result mix-ups.
 
-The evaluator is `nas.nni_trial:hash_evaluate(_jitter)`: accuracy is a hash of the
+The evaluator is `nas.trial:hash_evaluate(_jitter)`: accuracy is a hash of the
 architecture's key, so any record whose accuracy != f(its key) was misattributed.
 HOME points to a temporary folder (NNI writes a manifest under ~/nni-experiments).
 """
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -21,12 +21,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from controllers.random import RandomSearch
-from nas import engine_nni
 from nas.budget import ProxyBudget
-from nas.engine import EvalContext, LoopSettings, SearchLoop
+from nas.engine import EvalContext
 from nas.errors import UserError
-from nas.nni_trial import hash_accuracy, run_trial
+from nas.loop import ControllerRecipe, LoopSettings, SearchLoop
+from nas.nni import config as engine_nni
+from nas.nni.engine import NniEngine, _stop, node_require
+from nas.nni.trial import run_trial
+from nas.trial import hash_accuracy
 from nas.store import Store
 from search_space.space import SearchSpace
 
@@ -44,13 +46,12 @@ def _home(tmp_path, monkeypatch):
 def _loop(out: Path, trials: int, create: bool = True):
     space = SearchSpace.default()
     store = Store.create(out, {"test": "nni"}) if create else Store.open(out)
-    ctrl = RandomSearch(space.decisions, seed=3, key_fn=space.key)
-    loop = SearchLoop(store, space, ctrl, LoopSettings(target=TARGET, trials=trials, cost_window=(0.0, 1e9)))
+    loop = SearchLoop(store, space, ControllerRecipe("random", seed=3), LoopSettings(target=TARGET, trials=trials, cost_window=(0.0, 1e9)))
     return space, store, loop
 
 
-def _ctx(evaluator: str = "nas.nni_trial:hash_evaluate_jitter") -> EvalContext:
-    return EvalContext(budget=ProxyBudget(), target=TARGET, evaluator=evaluator)
+def _ctx(evaluator: str = "nas.trial:hash_evaluate_jitter") -> EvalContext:
+    return EvalContext(budget=ProxyBudget(), evaluator=evaluator)
 
 
 def _nni_processes(out: Path) -> list:
@@ -91,7 +92,7 @@ def test_real_experiment_records_match_what_each_trial_trained(tmp_path):
     port = engine_nni.free_port()
     seen_bind: list[list[str]] = []
     loop.listeners.append(lambda rec: seen_bind.append(_listening(port)))
-    engine = engine_nni.NniEngine(concurrency=3, port=port, watchdog=90, log=lambda m: None)
+    engine = NniEngine(concurrency=3, port=port, watchdog=90, log=lambda m: None)
     engine.run(loop, _ctx())
     assert engine.experiment_id and engine.url == f"http://127.0.0.1:{port}"
     _check_records(space, store, 6)
@@ -108,7 +109,7 @@ DRIVER = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     sys.path.insert(0, {tests!r})
     from test_nni_engine import _loop, _ctx
-    from nas.engine_nni import NniEngine
+    from nas.nni.engine import NniEngine
     from pathlib import Path
     space, store, loop = _loop(Path({out!r}), trials=6, create={create})
     NniEngine(concurrency=1, port={port}, watchdog=90).run(loop, _ctx())
@@ -141,7 +142,7 @@ def test_sigterm_stops_cleanly_and_resume_finishes_without_repeats(tmp_path):
 
     # --resume: a new experiment continues from the store
     space, store, loop = _loop(out, trials=6, create=False)
-    engine_nni.NniEngine(concurrency=2, watchdog=90, log=lambda m: None).run(loop, _ctx())
+    NniEngine(concurrency=2, watchdog=90, log=lambda m: None).run(loop, _ctx())
     rows = _check_records(space, store, 6)
     after = {r["proposal_id"]: r for r in rows}
     for pid, rec in before.items():  # finished trials kept as they were, not rerun
@@ -150,20 +151,24 @@ def test_sigterm_stops_cleanly_and_resume_finishes_without_repeats(tmp_path):
 
 
 # -- the tuner without NNI's manager: NNI's mix-ups fed in directly ---------------------------
-def _tuner(tmp_path, trials: int = 3):
-    from nas.nni_tuner import ControllerTuner, source_state
+def _session(tmp_path, loop, name: str = "session.json"):
+    from nas.nni.engine import write_session
 
-    out = tmp_path / "run"
-    space, store, loop = _loop(out, trials=trials)
-    cls, state = source_state(loop)
-    session = tmp_path / "session.pkl"
-    session.write_bytes(pickle.dumps({"source_cls": cls, "source_state": state, "ctx": _ctx().to_dict(),
-                                      "out_dir": str(out), "token": "tok"}))
-    return space, store, ControllerTuner(session=str(session))
+    session = tmp_path / name
+    write_session(session, {"source": loop.handover(), "ctx": _ctx().to_dict(),
+                            "out_dir": str(loop.store.path.parent), "token": "tok"})
+    return session
+
+
+def _tuner(tmp_path, trials: int = 3):
+    from nas.nni.tuner import ControllerTuner
+
+    space, store, loop = _loop(tmp_path / "run", trials=trials)
+    return space, store, ControllerTuner(session=str(_session(tmp_path, loop)))
 
 
 def _report(params: dict) -> dict:
-    params = dict(params, ctx=dict(params["ctx"], evaluator="nas.nni_trial:hash_evaluate"))
+    params = dict(params, ctx=dict(params["ctx"], evaluator="nas.trial:hash_evaluate"))
     return run_trial(params, lambda value: None)
 
 
@@ -194,7 +199,7 @@ class _Dispatcher:
     def __init__(self, tuner, medianstop: bool = False):
         from nni.runtime.msg_dispatcher import MsgDispatcher
 
-        from nas.nni_assessor import TrackingAssessor
+        from nas.nni.assessor import TrackingAssessor
 
         self.run = f"{id(self)}-"  # NNI keeps trial histories in module globals: unique trial ids
         self.d = MsgDispatcher("ws://_unittest_", tuner, TrackingAssessor(medianstop=medianstop))
@@ -221,7 +226,7 @@ class _Dispatcher:
         from nni.common.serializer import dump
 
         reports = []
-        run_trial(dict(params, ctx=dict(params["ctx"], evaluator="nas.nni_trial:hash_evaluate")), reports.append)
+        run_trial(dict(params, ctx=dict(params["ctx"], evaluator="nas.trial:hash_evaluate")), reports.append)
         assert "default" not in reports[0] and reports[0]["proposal_id"] == params["job"]["proposal_id"]
         self.d.handle_report_metric_data({"parameter_id": parameter_id, "trial_job_id": self.run + trial,
                                           "type": "PERIODICAL", "sequence": 0, "value": dump(reports[0])})
@@ -273,7 +278,7 @@ def test_an_ended_trial_fails_the_job_it_ran_not_the_one_nni_names(tmp_path):
 def test_tracking_assessor_runs_medianstop_only_when_asked(tmp_path):
     from nni.assessor import AssessResult
 
-    from nas.nni_assessor import TrackingAssessor
+    from nas.nni.assessor import TrackingAssessor
 
     def bad_after_good_ones(assessor):
         for t in ("a", "b"):
@@ -311,15 +316,10 @@ def test_tuner_trial_end_failure_and_resume_requeues_pending(tmp_path):
 
 
 def _tuner_reopen(tmp_path):
-    from nas.nni_tuner import ControllerTuner, source_state
+    from nas.nni.tuner import ControllerTuner
 
-    out = tmp_path / "run"
-    space, store, loop = _loop(out, trials=3, create=False)
-    cls, state = source_state(loop)
-    session = tmp_path / "session2.pkl"
-    session.write_bytes(pickle.dumps({"source_cls": cls, "source_state": state, "ctx": _ctx().to_dict(),
-                                      "out_dir": str(out), "token": "tok"}))
-    return space, store, ControllerTuner(session=str(session))
+    space, store, loop = _loop(tmp_path / "run", trials=3, create=False)
+    return space, store, ControllerTuner(session=str(_session(tmp_path, loop, "session2.json")))
 
 
 def test_trial_failures_are_results_that_name_the_job():
@@ -352,7 +352,7 @@ def test_config_checks_and_examples(tmp_path):
     cfg = engine_nni.build_config(gpu, code_dir=tmp_path, work_dir=tmp_path, session=tmp_path / "s",
                                   concurrency=2, max_trials=5, assessor="medianstop")
     assert cfg.training_service.use_active_gpu is not None
-    assert cfg.assessor.class_name == "nas.nni_assessor.TrackingAssessor" and cfg.assessor.class_args["medianstop"]
+    assert cfg.assessor.class_name == "nas.nni.assessor.TrackingAssessor" and cfg.assessor.class_args["medianstop"]
     bad = {"trainingService": {"platform": "local"}, "trialGpuNumber": 1}
     with pytest.raises(UserError, match="useActiveGpu"):
         engine_nni.build_config(bad, code_dir=tmp_path, work_dir=tmp_path, session=tmp_path / "s",
@@ -360,9 +360,9 @@ def test_config_checks_and_examples(tmp_path):
     remote = engine_nni.load_nni_config(str(ROOT / "examples" / "nni_remote.yaml"))
     assert len(remote["trainingService"]["machineList"]) == 2
     with pytest.raises(UserError, match="--nni-bind"):
-        engine_nni.NniEngine(nni_config=str(ROOT / "examples" / "nni_remote.yaml"))
+        NniEngine(nni_config=str(ROOT / "examples" / "nni_remote.yaml"))
     with pytest.raises(UserError, match="concurrency"):
-        engine_nni.NniEngine(concurrency=0)
+        NniEngine(concurrency=0)
 
 
 def test_remote_trials_resolve_device_and_data_on_their_own_machines(tmp_path, capsys):
@@ -440,8 +440,8 @@ def test_remote_training_service_over_ssh_on_loopback(tmp_path):
     try:
         assert sshd.poll() is None and _listening(ssh_port) == ["127.0.0.1"]
         space, store, loop = _loop(out, trials=3)
-        engine = engine_nni.NniEngine(nni_config=str(cfg), concurrency=2, watchdog=90, log=lambda m: None)
-        engine.run(loop, _ctx("nas.nni_trial:hash_evaluate"))
+        engine = NniEngine(nni_config=str(cfg), concurrency=2, watchdog=90, log=lambda m: None)
+        engine.run(loop, _ctx("nas.trial:hash_evaluate"))
         _check_records(space, store, 3)
         assert _nni_processes(out) == []
     finally:
@@ -459,7 +459,7 @@ def test_cli_engine_nni_hands_on_the_b0_it_recorded(tmp_path, capsys):
 
     out = tmp_path / "cli"
     rc = main(["--target-flops", "400M", "--engine", "nni", "--concurrency", "2", "--trials", "3",
-               "--evaluator", "nas.nni_trial:hash_evaluate", "--reference", "none", "--no-scale",
+               "--evaluator", "nas.trial:hash_evaluate", "--reference", "none", "--no-scale",
                "--no-progress", "--no-tensorboard", "--out", str(out)])
     captured = capsys.readouterr()
     assert rc == 0 and "web UI http://127.0.0.1:" in captured.out + captured.err
@@ -477,13 +477,14 @@ def test_real_evaluator_reports_its_curve_while_training():
     """The NNI trial binds its intermediate reporter into `nas.trial.evaluate`'s per-epoch
     hook, so an assessor (Medianstop) sees accuracies before the trial ends."""
     from nas import trial
-    from nas.nni_trial import _with_epoch_hook
+    from nas.engine import with_epoch_hook
 
     seen = []
-    fn, hooked = _with_epoch_hook(trial.evaluate, lambda epoch, acc: seen.append(acc))
+    fn, hooked = with_epoch_hook(trial.evaluate, lambda epoch, acc: seen.append(acc))
     assert hooked and fn.keywords["on_epoch"] is not None
     fn.keywords["on_epoch"](1, 0.5)
     assert seen == [0.5]
+    assert with_epoch_hook(trial.hash_evaluate, seen.append) == (trial.hash_evaluate, False)
 
 
 # -- review fixes: configuration spelling, paths with spaces, a dying manager -------------------
@@ -495,12 +496,12 @@ def test_snake_case_inside_training_service_and_fields_from_options(tmp_path):
                                   session=tmp_path / "s", concurrency=1, max_trials=1, assessor="none",
                                   python="/opt/my env/bin/python3")
     assert cfg.training_service.use_active_gpu is True
-    assert cfg.trial_command == "'/opt/my env/bin/python3' -m nas.nni_trial"
+    assert cfg.trial_command == "'/opt/my env/bin/python3' -m nas.nni.trial"
     path.write_text("training_service:\n  platform: remote\n  machine_list:\n"
                     "    - {host: 127.0.0.1, user: u, python_path: /opt/venv/bin}\n")
     remote = engine_nni.load_nni_config(str(path))
-    assert engine_nni._trial_python(remote) == "/opt/venv/bin/python3"
-    assert engine_nni._all_hosts_loopback(remote)
+    assert engine_nni.trial_python(remote) == "/opt/venv/bin/python3"
+    assert engine_nni.all_hosts_loopback(remote)
     for field, option in (("trialConcurrency", "--concurrency"), ("max_trial_number", "--trials")):
         path.write_text(f"{field}: 2\ntrainingService: {{platform: local}}\n")
         with pytest.raises(UserError, match=option):
@@ -514,26 +515,66 @@ def test_bind_preload_loads_from_a_path_with_spaces(tmp_path):
     folder = tmp_path / 'my "runs" dir'
     folder.mkdir()
     (folder / "bind.js").write_text("console.log('preloaded');")
-    env = {**os.environ, "NODE_OPTIONS": engine_nni.node_require(folder / "bind.js")}
+    env = {**os.environ, "NODE_OPTIONS": node_require(folder / "bind.js")}
     done = subprocess.run([str(node), "-e", "0"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "preloaded", done.stderr[-500:]
 
 
-def test_stop_tolerates_processes_that_exit_while_checked(monkeypatch):
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+def test_stop_stops_the_experiment_and_kills_what_is_left_of_its_tree(monkeypatch):
+    stopped = []
+
+    class Exp:
+        def stop(self):
+            stopped.append(True)
+
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(2)]
     try:
-        class Exp:
-            def stop(self):
-                pass
+        _stop(Exp(), procs[0])
+        assert stopped == [True] and procs[0].wait(10) is not None      # the manager left behind: gone
 
         def gone(self):
             raise psutil.NoSuchProcess(self.pid)
 
-        monkeypatch.setattr(psutil.Process, "status", gone)
-        engine_nni._stop(Exp(), proc)          # must not raise
+        monkeypatch.setattr(psutil.Process, "status", gone)              # exits while it is checked
+        _stop(Exp(), procs[1])
+        assert stopped == [True, True]
     finally:
-        proc.kill()
-        proc.wait(10)
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+
+
+class _Boom:
+    """Unpickling this creates a file: a stand-in for any code a planted pickle could run."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_tuner_refuses_a_session_file_that_is_not_our_json(tmp_path):
+    import pickle
+
+    from nas.nni.tuner import ControllerTuner
+
+    space, store, loop = _loop(tmp_path / "run", trials=2)
+    marker = tmp_path / "pwned"
+    session = _session(tmp_path, loop)
+    session.write_bytes(pickle.dumps({"source": _Boom(marker)}))
+    with pytest.raises(UserError, match="not a JSON session file"):
+        ControllerTuner(session=str(session))
+    assert not marker.exists()
+    session.write_text(json.dumps({"version": 99}))
+    with pytest.raises(UserError, match="unknown session version 99"):
+        ControllerTuner(session=str(session))
+    session.write_text(json.dumps({"version": 1, "source": {"type": "search"}}))
+    with pytest.raises(UserError, match="malformed"):
+        ControllerTuner(session=str(session))
+    good = _session(tmp_path, loop, "good.json")
+    assert good.stat().st_mode & 0o077 == 0                               # owner only
+    assert ControllerTuner(session=str(good)).source.s.trials == 2
 
 
 class _FakeExperiment:
@@ -550,7 +591,8 @@ class _FakeExperiment:
 
 
 def _poll_source(tmp_path):
-    return types.SimpleNamespace(store=Store.create(tmp_path / "run", {"test": "nni"}), listeners=[], done=False)
+    return types.SimpleNamespace(store=Store.create(tmp_path / "run", {"test": "nni"}), listeners=[], done=False,
+                                 refresh=lambda: None)
 
 
 def test_unreachable_manager_is_a_one_line_runtime_error(tmp_path):
@@ -560,7 +602,7 @@ def test_unreachable_manager_is_a_one_line_runtime_error(tmp_path):
         raise requests.ConnectionError("connection refused\nsecond line")
 
     source = _poll_source(tmp_path)
-    engine = engine_nni.NniEngine(log=lambda m: None)
+    engine = NniEngine(log=lambda m: None)
     with pytest.raises(RuntimeError, match="not reachable .*--resume") as info:
         engine._poll(_FakeExperiment(tmp_path, refused), source)
     assert "\n" not in str(info.value)
@@ -569,7 +611,7 @@ def test_unreachable_manager_is_a_one_line_runtime_error(tmp_path):
 
 def test_experiment_that_ends_before_the_search_is_done_is_an_error(tmp_path):
     source, exp = _poll_source(tmp_path), _FakeExperiment(tmp_path, lambda: "DONE")
-    engine = engine_nni.NniEngine(log=lambda m: None)
+    engine = NniEngine(log=lambda m: None)
     engine.poll, engine.watchdog = 0.01, 0.05
     with pytest.raises(RuntimeError, match="ended \\(DONE\\) before the search was done.*--resume"):
         engine._poll(exp, source)

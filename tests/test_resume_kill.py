@@ -2,7 +2,8 @@
 check that every finished trial is there exactly once and the run completes exactly.
 
 Kill points: inside a store write transaction (before COMMIT), right after a commit
-(between one record and the next step), and mid-trial (workers busy, parent polled).
+(between one record and the next step), both through tests/kill_hooks.py, and mid-trial
+(workers busy, parent polled, SIGKILL from here).
 The random controller and a deterministic sleeping evaluator make the architectures an
 uninterrupted run trains known in advance.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from nas.search import main
-from nas.store import KILL_AFTER_WRITE_ENV, KILL_IN_WRITE_ENV, Store
+from nas.store import Store
 
 TRIALS = 10
 ARGS = ["--target-flops", "400M", "--controller", "random", "--trials", str(TRIALS), "--workers", "2",
@@ -77,9 +78,12 @@ def monkeypatch_module():
     mp.undo()
 
 
-def _start(out, env_extra):
-    env = dict(os.environ, EFFNAS_FAKE_SLEEP="0.3", OMP_NUM_THREADS="1", **env_extra)
-    return subprocess.Popen([sys.executable, "-m", "nas.search", *ARGS, "--out", str(out)], cwd=ROOT, env=env,
+def _start(out, hook=()):
+    """`python -m nas.search ARGS`, or with `hook=(point, n)` the same search run by
+    tests/kill_hooks.py, which SIGKILLs it at that store write."""
+    env = dict(os.environ, EFFNAS_FAKE_SLEEP="0.3", OMP_NUM_THREADS="1")
+    entry = ["-m", "tests.kill_hooks", *hook, "--"] if hook else ["-m", "nas.search"]
+    return subprocess.Popen([sys.executable, *entry, *ARGS, "--out", str(out)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -98,8 +102,7 @@ def _kill_when(proc, out, n_trained):
 def test_kill_and_resume(tmp_path, expected, monkeypatch_module, point):
     out = tmp_path / "run"
     kind, n = point.rsplit("-", 1)
-    env = {"in-write": {KILL_IN_WRITE_ENV: n}, "after-write": {KILL_AFTER_WRITE_ENV: n}}.get(kind, {})
-    proc = _start(out, env)
+    proc = _start(out, () if kind == "mid-trial" else (kind, n))
     workers = _kill_when(proc, out, int(n)) if kind == "mid-trial" else []
     proc.wait(timeout=90)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-800:]

@@ -32,7 +32,7 @@ TORCHVISION = {
 }
 # EfficientNet paper (arXiv 1905.11946 v5) Table 2, FLOPS in 1e9 at the published resolutions.
 PAPER_FLOPS = {"b1": 0.70, "b2": 1.0, "b3": 1.8, "b4": 4.2, "b5": 9.9, "b6": 19, "b7": 37}
-# B4 and B5 count 4.39 B and 10.27 B by conv+linear multiply-adds (REFERENCE.md; torchvision agrees).
+# B4 and B5 count 4.39 B and 10.27 B by conv+linear multiply-adds (docs/reference.md; torchvision agrees).
 CONV_LINEAR_B4_B5 = {"b4": 4.39, "b5": 10.27}
 
 

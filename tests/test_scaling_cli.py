@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from nas.result import TrialResult
+from nas.reward import reward
 from scaling import __main__ as cli
 from search_space import cost, zoo
 from search_space.spec import ArchSpec
@@ -155,10 +156,10 @@ def fake_trial(monkeypatch):
     """Stand-in for nas.trial: accuracy from depth, width and the *proxy* resolution it was given."""
     calls = []
 
-    def evaluate(spec, budget, target, alpha=-0.07, beta=-0.07):
-        calls.append((spec.name, budget.resolution, budget.target_resolution, target))
+    def evaluate(spec, budget):
+        calls.append((spec.name, budget.resolution, budget.target_resolution))
         acc = spec.num_layers / 100 + budget.resolution / 1000 - spec.stem_channels / 2000
-        return TrialResult(status="ok", accuracy=acc, macs=cost.macs(spec, spec.resolution))
+        return TrialResult(status="ok", accuracy=acc)
 
     monkeypatch.setitem(sys.modules, "nas.trial", types.SimpleNamespace(evaluate=evaluate))
     return calls
@@ -175,14 +176,19 @@ def test_grid_cli_trains_picks_best_and_resumes(tmp_path, capsys, fake_trial):
     assert len(rows) == 5 and len(fake_trial) <= 5
     assert best["accuracy"] == max(r["accuracy"] for r in rows)
     b0_macs = cost.macs(zoo.get("efficientnet-b0"), 224)
-    for name, proxy, target_res, target in fake_trial:
+    for name, proxy, target_res in fake_trial:
         row = next(r for r in rows if name.endswith(f"-a{r['alpha']:g}-b{r['beta']:g}-g{r['gamma']:g}"))
         assert target_res == row["resolution"]
         assert proxy == round(32 * row["resolution"] / 224)   # γ reaches the proxy resolution
-        assert target == 2 * b0_macs
-    assert {p.name for p in out_dir.iterdir()} >= {"grid.jsonl", "grid.md", "grid.csv", "best.json"}
+    assert {p.name for p in out_dir.iterdir()} >= {"search.db", "grid.md", "grid.csv", "best.json"}
     assert json.loads((out_dir / "best.json").read_text())["alpha"] == best["alpha"]
-    assert len((out_dir / "grid.jsonl").read_text().splitlines()) == len(fake_trial)
+    from nas.store import Store
+    with Store.open(out_dir) as store:
+        records = store.trials()
+    assert len(records) == len(fake_trial) and all(r["status"] == "ok" for r in records)
+    for r in records:  # rewarded against the default target: twice the baseline's multiply-adds
+        assert r["macs"] == cost.macs(ArchSpec.from_dict(r["spec"]), r["spec"]["resolution"])
+        assert r["reward"] == pytest.approx(reward(r["accuracy"], r["macs"], 2 * b0_macs))
 
     trained = len(fake_trial)
     rc, out2, _ = run(capsys, *argv)             # resume: nothing is trained again
@@ -193,7 +199,7 @@ def test_grid_cli_trains_picks_best_and_resumes(tmp_path, capsys, fake_trial):
 
 
 def test_grid_cli_reports_when_nothing_trained(tmp_path, capsys, monkeypatch):
-    def evaluate(spec, budget, target, alpha=-0.07, beta=-0.07):
+    def evaluate(spec, budget):
         raise RuntimeError("CUDA error: boom")
 
     monkeypatch.setitem(sys.modules, "nas.trial", types.SimpleNamespace(evaluate=evaluate))
@@ -202,17 +208,24 @@ def test_grid_cli_reports_when_nothing_trained(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "g" / "grid.csv").read_text().count("failed") == 2
 
 
-def test_grid_candidates_train_at_the_proxy_resolution_scaled_like_their_own():
+def test_grid_candidates_train_at_the_proxy_resolution_scaled_like_their_own(tmp_path):
     """γ changes what is learned: a 280 px candidate trains at 32 * 280 / 224 = 40 px."""
     import dataclasses
 
     from nas.budget import ProxyBudget
-    from scaling.__main__ import engine_evaluate
-    from search_space import zoo
+    from nas.engine import EvalContext
+    from nas.engine_local import LocalEngine
+    from nas.grid import run_grid
+    from nas.records import Objective
+    from nas.store import Store
 
     b0 = zoo.get("efficientnet-b0")
-    specs = [b0, dataclasses.replace(b0, resolution=280)]
-    evaluate = engine_evaluate(ProxyBudget(resolution=32), 400_000_000, evaluator="tests.fake_evaluators:by_resolution")
-    results = evaluate(specs, lambda spec, result: None)
-    assert [r.status for r in results] == ["ok", "ok"]
-    assert [r.accuracy for r in results] == [0.032, 0.040]
+    ctx = EvalContext(ProxyBudget(resolution=32), evaluator="tests.fake_evaluators:by_resolution")
+    with Store.create(tmp_path, {}) as store:
+        result = run_grid(store, b0, [(1.0, 1.0, 1.0), (1.0, 1.0, 1.25)], LocalEngine(in_process=True), ctx,
+                          Objective(400_000_000))
+        assert [r["resolution"] for r in result.rows] == [224, 280]
+        assert [r["status"] for r in result.rows] == ["ok", "ok"]
+        assert [r["accuracy"] for r in result.rows] == [0.032, 0.040]
+        assert [r["macs"] for r in store.trials("grid")] == [cost.macs(b0, 224),
+                                                             cost.macs(dataclasses.replace(b0, resolution=280), 280)]

@@ -163,3 +163,35 @@ def test_ctrl_c_after_the_trials_still_says_how_to_resume(tmp_path, capsys, monk
     with Store.open(out) as st:
         assert st.count("search") == 3
     assert (out / "family" / "b7.yaml").is_file()
+
+
+class _Touch:
+    """Unpickling this creates a file: a stand-in for any code a planted pickle could run."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_resume_refuses_a_planted_pickle_and_changes_nothing(tmp_path, capsys):
+    import pickle
+    import sqlite3
+
+    out, marker = tmp_path / "run", tmp_path / "pwned"
+    assert main(["--target-flops", "400M", "--trials", "3", "--workers", "1", "--out", str(out),
+                 "--no-scale", "--quiet", "--no-tensorboard", *FAST]) == 0
+    con = sqlite3.connect(out / "search.db")
+    con.execute("UPDATE checkpoints SET state=?", (pickle.dumps({"state": _Touch(marker)}),))
+    con.commit()
+    before = {t: con.execute(f"SELECT * FROM {t}").fetchall() for t in ("meta", "trials", "pending")}
+    con.close()
+    capsys.readouterr()
+    assert main(["--resume", "--out", str(out), "--trials", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "old unsafe format (pickle)" in err and "Traceback" not in err
+    assert not marker.exists()
+    con = sqlite3.connect(out / "search.db")
+    assert {t: con.execute(f"SELECT * FROM {t}").fetchall() for t in ("meta", "trials", "pending")} == before
+    con.close()

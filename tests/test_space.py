@@ -13,7 +13,7 @@ import yaml
 from search_space import ArchSpec, Decision, SpecError
 from search_space.space import SearchSpace
 
-B0_TF_STRINGS = [  # /work/shared/REFERENCE.md, the TF reference's efficientnet-b0
+B0_TF_STRINGS = [  # docs/reference.md, "EfficientNet-B0": the TF reference's efficientnet-b0
     "r1_k3_s11_e1_i32_o16_se0.25", "r2_k3_s22_e6_i16_o24_se0.25", "r2_k5_s22_e6_i24_o40_se0.25",
     "r3_k3_s22_e6_i40_o80_se0.25", "r3_k5_s11_e6_i80_o112_se0.25", "r4_k5_s22_e6_i112_o192_se0.25",
     "r1_k3_s11_e6_i192_o320_se0.25",

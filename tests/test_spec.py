@@ -134,3 +134,40 @@ def test_a_file_that_is_not_text_is_one_spec_error(tmp_path):
         ArchSpec.load(path)
     with pytest.raises(SpecError, match="not a text file"):
         SearchSpace.from_yaml(path)
+
+
+# -- search_space.fileio: the shared atomic write and YAML error line ---------------------
+def test_write_atomic_replaces_whole_files_and_cleans_up_on_failure(tmp_path, monkeypatch):
+    import os
+
+    from search_space.fileio import write_atomic
+    path = tmp_path / "out.png"
+    write_atomic(path, "text\n")
+    write_atomic(path, b"\x89PNG\r\n")                       # bytes are written untranslated
+    assert path.read_bytes() == b"\x89PNG\r\n"
+    assert path.stat().st_mode & 0o777 == 0o644               # not mkstemp's 0600
+
+    def full(*_):
+        raise OSError(28, "disk full")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, "new")
+    assert path.read_bytes() == b"\x89PNG\r\n"               # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # and no temporary is left
+
+
+def test_yaml_problem_is_one_line_naming_the_line():
+    import yaml
+
+    from search_space.fileio import yaml_line, yaml_problem
+    with pytest.raises(yaml.YAMLError) as info:
+        yaml.safe_load("name: b0\nblocks: [r1_k3\n")
+    exc = info.value
+    assert yaml_line(exc) == 3 and "\n" in str(exc)           # PyYAML's own text spans lines
+    text = yaml_problem(exc)
+    assert text.startswith("line 3: ") and "\n" not in text
+    assert yaml_problem(exc, with_line=False) == text[len("line 3: "):]
+    assert yaml_problem(yaml.YAMLError("no mark here")) == "no mark here"
+    with pytest.raises(SpecError, match=r"^spec YAML does not parse: line 3: "):
+        ArchSpec.from_yaml("name: b0\nblocks: [r1_k3\n")

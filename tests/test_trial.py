@@ -1,4 +1,5 @@
-"""`evaluate`: cost at the target resolution with the spec's own classifier, reward, failures."""
+"""`evaluate` trains with the classifier replaced for the proxy; the loop's `nas.records`
+counts cost at the target resolution with the spec's own classifier and computes the reward."""
 import dataclasses
 
 import pytest
@@ -7,8 +8,9 @@ import search_space.model as model_module
 from nas import data as D
 from nas.budget import ProxyBudget
 from nas.errors import UserError
+from nas.records import Objective, new_job, trial_record
 from nas.reward import reward
-from nas.trial import cost_only, evaluate
+from nas.trial import evaluate
 from search_space import cost, zoo
 from search_space.spec import ArchSpec, BlockSpec
 
@@ -23,33 +25,40 @@ def digits():
     return D.load("digits", resolution=8, seed=0)
 
 
-def test_evaluate_fills_cost_at_target_resolution_and_reward(digits, monkeypatch):
+def test_evaluate_trains_the_proxy_classifier_and_records_cost_at_the_target(digits, monkeypatch):
     built = []
     real_build = model_module.build
     monkeypatch.setattr(model_module, "build", lambda spec: built.append(spec.num_classes) or real_build(spec))
-    r = evaluate(TINY, BUDGET, "400k", data=digits)
-    assert r.status == "ok" and built == [10]
-    assert r.macs == cost.macs(TINY, 224) and r.params == cost.params(TINY)
-    assert r.macs > cost.macs(TINY, 8)
-    assert r.reward == pytest.approx(reward(r.accuracy, r.macs, 400_000))
-    hard = evaluate(TINY, BUDGET, 400_000, alpha=0.0, beta=-1.0, data=digits)
-    assert hard.accuracy == r.accuracy and hard.reward == pytest.approx(reward(r.accuracy, r.macs, 400_000, 0.0, -1.0))
+    r = evaluate(TINY, BUDGET, data=digits)
+    assert r.status == "ok" and built == [10] and 0 <= r.accuracy <= 1
+    job = new_job("search", 0, TINY, 224)
+    assert job.macs == cost.macs(TINY, 224) and job.params == cost.params(TINY)  # 1,000 classes, 224 px
+    assert job.macs > cost.macs(TINY, 8)
+    rec = trial_record(job, r, Objective(400_000), told=True)
+    assert rec["reward"] == pytest.approx(reward(r.accuracy, job.macs, 400_000))
+    hard = trial_record(job, r, Objective(400_000, 0.0, -1.0), told=True)
+    assert hard["reward"] == pytest.approx(reward(r.accuracy, job.macs, 400_000, 0.0, -1.0))
 
 
 def test_failures_keep_cost_but_have_no_reward(digits):
-    r = evaluate(TINY, dataclasses.replace(BUDGET, lr=1e30), "400M", data=digits)
-    assert r.status == "diverged" and r.reward is None and r.macs == cost.macs(TINY, 224)
+    r = evaluate(TINY, dataclasses.replace(BUDGET, lr=1e30), data=digits)
+    rec = trial_record(new_job("search", 0, TINY, 224), r, Objective(400_000_000), told=True)
+    assert r.status == "diverged" and rec["status"] == "diverged"
+    assert rec["reward"] is None and rec["macs"] == cost.macs(TINY, 224)
 
 
-def test_cost_only_trains_nothing():
-    r = cost_only(zoo.get("efficientnet-b0"), ProxyBudget(), "400M")
-    assert r.status == "skipped" and r.accuracy is None and r.reward is None
-    assert 380e6 < r.macs < 400e6 and r.params == 5_288_548
+def test_an_ok_result_without_a_finite_accuracy_is_recorded_as_diverged():
+    from nas.result import TrialResult
+    job = new_job("grid", 0, zoo.get("efficientnet-b0"))
+    for acc in (None, float("nan"), float("inf")):
+        rec = trial_record(job, TrialResult(status="ok", accuracy=acc), Objective(400_000_000), told=False)
+        assert rec["status"] == "diverged" and rec["reward"] is None and rec["accuracy"] is None
 
 
-def test_bad_target_is_user_error(digits):
+def test_bad_target_is_user_error():
+    from nas.reward import parse_count
     with pytest.raises(UserError, match="target '400X'"):
-        evaluate(TINY, BUDGET, "400X", data=digits)
+        parse_count("400X")
 
 
 # One block, eight channels: a network that can barely see a digit.
@@ -59,14 +68,14 @@ QUICK = ProxyBudget(dataset="mnist5k", resolution=32, steps=40, batch_size=128, 
 
 
 def test_b0_learns_real_digits_and_a_crippled_net_scores_lower():
-    b0 = evaluate(zoo.get("efficientnet-b0"), QUICK, "400M")
-    weak = evaluate(CRIPPLED, QUICK, "400M")
+    b0 = evaluate(zoo.get("efficientnet-b0"), QUICK)
+    weak = evaluate(CRIPPLED, QUICK)
     assert b0.status == weak.status == "ok"
     assert b0.accuracy > 0.45  # chance is 0.10
-    assert weak.accuracy < b0.accuracy - 0.2 and weak.reward < b0.reward
+    assert weak.accuracy < b0.accuracy - 0.2
 
 
 def test_b0_same_seed_same_accuracy():
     short = dataclasses.replace(QUICK, steps=4)
-    a, b = (evaluate(zoo.get("efficientnet-b0"), short, "400M") for _ in range(2))
+    a, b = (evaluate(zoo.get("efficientnet-b0"), short) for _ in range(2))
     assert a.accuracy == b.accuracy and a.loss == b.loss

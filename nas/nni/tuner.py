@@ -2,9 +2,11 @@
 
 NNI's dispatcher process (started by NNI's manager on the machine that runs
 `nas.search`) builds `ControllerTuner(session=PATH)`. The session file, written by
-`nas.engine_nni`, holds the pickled job source (`nas.engine.SearchLoop`: space,
-controller, settings; or a `BatchSource`) minus its store connection; the tuner
-reopens the run's SQLite store under `--out` and drives the source exactly as the
+`nas.nni.engine`, is plain JSON (validated; nothing in it is executed): the job
+source's `handover()` (a `SearchLoop`: space YAML, controller recipe, settings; or a
+`BatchSource`), the evaluation context and the run folder. The tuner opens the run's
+SQLite store under `--out`, rebuilds the source on it (`nas.loop.source_from_handover`;
+the controller state comes from the store's checkpoint) and drives it exactly as the
 local engine does, so *what* is searched (ask, cost window, cache, reward, tell,
 records, checkpoints) is the same code:
 
@@ -12,7 +14,7 @@ records, checkpoints) is the same code:
                             (controller.ask() behind it)
     receive_trial_result -> source.complete(job, result)   (tell + record + checkpoint)
     trial_end(False)     -> source.complete(job, failed)    (tell_failure; the job is
-                            the one the trial named, via nas.nni_assessor)
+                            the one the trial named, via nas.nni.assessor)
 
 Misattribution guard: NNI may pair one trial's parameters with another trial's
 result. A result is matched to its job by the (kind, proposal id) the trial reports
@@ -24,7 +26,6 @@ Calls arrive on several threads: one lock serialises them.
 from __future__ import annotations
 
 import logging
-import pickle
 import threading
 import time
 from typing import Any
@@ -32,30 +33,13 @@ from typing import Any
 import nni
 from nni.tuner import Tuner
 
-from nas.nni_assessor import take_ended_identity
+from nas.loop import source_from_handover
+from nas.nni.assessor import take_ended_identity
+from nas.nni.engine import read_session
 from nas.result import TrialResult
 from nas.store import Store
 
-_log = logging.getLogger("nas.nni_tuner")
-
-
-def rebuild_source(cls: type, state: dict, store: Store) -> Any:
-    """A JobSource equal to the engine's, with this process's store, lock and no listeners."""
-    source = cls.__new__(cls)
-    vars(source).update(state)
-    source.store = store
-    source.lock = threading.RLock()
-    source.listeners = []
-    source.in_flight = {}
-    if isinstance(state.get("_proposals"), dict):
-        source._proposals = {}
-    return source
-
-
-def source_state(source: Any) -> tuple[type, dict]:
-    """What `rebuild_source` needs: everything but the store, lock, listeners, in-flight jobs."""
-    skip = {"store", "lock", "listeners", "in_flight"}
-    return type(source), {k: v for k, v in vars(source).items() if k not in skip}
+_log = logging.getLogger("nas.nni.tuner")
 
 
 class ControllerTuner(Tuner):
@@ -63,10 +47,9 @@ class ControllerTuner(Tuner):
 
     def __init__(self, session: str) -> None:
         super().__init__()
-        with open(session, "rb") as fh:
-            s = pickle.load(fh)
+        s = read_session(session)
         self.store = Store.open(s["out_dir"])
-        self.source = rebuild_source(s["source_cls"], s["source_state"], self.store)
+        self.source = source_from_handover(s["source"], self.store)
         self.ctx = s["ctx"]
         self.token = s["token"]
         self.lock = threading.RLock()
@@ -124,7 +107,7 @@ class ControllerTuner(Tuner):
         NNI's `parameter_id` here may name another trial's job (it pairs by submission
         order), so it is not used. The job is the one the trial itself named in its first
         intermediate report, sent right after it read its parameters (handed over by
-        `nas.nni_assessor`). A trial that named none never held a job. A job already
+        `nas.nni.assessor`). A trial that named none never held a job. A job already
         completed from its own report is never completed twice.
         """
         reported = take_ended_identity()

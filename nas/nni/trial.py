@@ -1,4 +1,4 @@
-"""The trial command of the NNI engine: `python -m nas.nni_trial`.
+"""The trial command of the NNI engine: `python -m nas.nni.trial`.
 
 NNI runs this module once per trial, on whichever machine its training service picks.
 Why it is shaped this way (see README.md, "Distributed search with NNI"):
@@ -8,76 +8,25 @@ Why it is shaped this way (see README.md, "Distributed search with NNI"):
 * Everything after it is wrapped: any failure becomes a *result* (status `failed`),
   never a crash.
 * The parameters carry the whole job (`nas.engine.Job`: kind, proposal id, choices,
-  canonical key, spec, MACs) and the `EvalContext` (budget, target, reward exponents,
-  evaluator), so the trial needs no shared file system (remote and Kubernetes workers
-  work the same); it trains with `nas.engine.evaluate_job`, as the local engine does.
+  canonical key, spec, MACs) and the `EvalContext` (budget, evaluator), so the trial
+  needs no shared file system (remote and Kubernetes workers work the same); it trains
+  with `nas.engine.evaluate_job`, as the local engine does. It computes no reward: the
+  tuner records the result through the loop, which does.
 * The final-result dict repeats what this trial actually trained (proposal id, choices,
   key, spec): NNI can pair parameters and results of different trials, so the engine
-  builds its records from this dict alone.
+  builds its records from this dict alone. Its `default` metric (what NNI's web UI
+  shows) is the accuracy.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
-import inspect
-import math
 import socket
 import sys
 import time
 import traceback
 from typing import Any, Callable
 
-RESULT_FIELDS = ("status", "accuracy", "macs", "params", "reward", "loss", "epoch_accuracies",
-                 "wall_time", "images_per_sec", "message")
+RESULT_FIELDS = ("status", "accuracy", "loss", "epoch_accuracies", "wall_time", "images_per_sec", "message")
 IDENTITY = ("kind", "proposal_id", "choices", "key", "spec")
-
-
-def hash_accuracy(key: str) -> float:
-    """A deterministic stand-in accuracy in [0.05, 0.95) that depends only on `key`."""
-    digest = hashlib.sha256(key.encode()).digest()
-    return 0.05 + 0.9 * int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-def hash_evaluate(spec: Any, budget: Any, target: float, alpha: float = -0.07, beta: float = -0.07,
-                  **_: Any) -> Any:
-    """A trivial evaluator (tests, benchmarks): accuracy = hash_accuracy(spec.key()).
-
-    It trains nothing, so engine overhead and record attribution can be measured and
-    checked for real.
-    """
-    from nas.result import TrialResult
-    from nas.reward import reward
-    from search_space import cost
-
-    acc = hash_accuracy(spec.key())
-    macs, params = int(cost.macs(spec, budget.target_resolution)), int(cost.params(spec))
-    return TrialResult(status="ok", accuracy=acc, macs=macs, params=params,
-                       reward=reward(acc, macs, target, alpha, beta), epoch_accuracies=[acc],
-                       message="hash evaluator")
-
-
-def hash_evaluate_jitter(spec: Any, budget: Any, target: float, alpha: float = -0.07, beta: float = -0.07,
-                         **kw: Any) -> Any:
-    """`hash_evaluate` after a key-dependent sleep of 0.1-0.6 s, so that concurrent
-    trials finish out of order (the case where NNI mis-pairs parameters and results)."""
-    time.sleep(0.1 + 0.5 * (hash_accuracy(spec.key() + "/delay") - 0.05) / 0.9)
-    return hash_evaluate(spec, budget, target, alpha, beta, **kw)
-
-
-def _finite(x: Any) -> Any:
-    return x if not isinstance(x, float) or math.isfinite(x) else None
-
-
-def _with_epoch_hook(fn: Callable[..., Any], on_epoch: Callable[..., None]) -> tuple[Callable[..., Any], bool]:
-    """`fn` with a per-epoch callback bound, when its signature has one."""
-    try:
-        names = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return fn, False
-    for hook in ("on_epoch", "epoch_callback"):
-        if hook in names:
-            return functools.partial(fn, **{hook: on_epoch}), True
-    return fn, False
 
 
 def run_trial(params: Any, report_intermediate: Callable[[Any], None]) -> dict:
@@ -89,7 +38,7 @@ def run_trial(params: Any, report_intermediate: Callable[[Any], None]) -> dict:
                            "session": params.get("session") if isinstance(params, dict) else None,
                            "host": socket.gethostname(), "status": "failed", "message": ""}
     t0 = time.time()
-    if "proposal_id" in job_d:  # first report: which job this trial holds (nas.nni_assessor)
+    if "proposal_id" in job_d:  # first report: which job this trial holds (nas.nni.assessor)
         try:
             report_intermediate({k: out[k] for k in ("proposal_id", "kind", "session")})
         except Exception:  # noqa: BLE001 - the trial goes on; only attribution of its end is lost
@@ -97,8 +46,8 @@ def run_trial(params: Any, report_intermediate: Callable[[Any], None]) -> dict:
     try:
         if not job_d:
             raise ValueError(f"no job in the trial parameters: {params!r:.200}")
-        from nas.engine import EvalContext, Job, evaluate_job, load_evaluator
-        from nas.reward import reward
+        from nas.engine import EvalContext, Job, evaluate_job, load_evaluator, with_epoch_hook
+        from nas.result import finite
         from search_space.spec import ArchSpec
 
         job = Job.from_dict(job_d)
@@ -106,30 +55,28 @@ def run_trial(params: Any, report_intermediate: Callable[[Any], None]) -> dict:
         key = ArchSpec.from_dict(job.spec).key()
         if key != job.key:
             raise ValueError(f"spec does not match its key ({key} != {job.key})")
-        mark = {"proposal_id": job.proposal_id, "kind": job.kind, "session": out["session"]}  # nas.nni_assessor
+        mark = {"proposal_id": job.proposal_id, "kind": job.kind, "session": out["session"]}  # nas.nni.assessor
 
         def on_epoch(*args: Any, **kwargs: Any) -> None:
             acc = kwargs.get("accuracy", args[-1] if args else None)
             report_intermediate({"default": float(acc), **mark})
 
-        fn, hooked = _with_epoch_hook(load_evaluator(ctx.evaluator), on_epoch)
-        result = evaluate_job(job, ctx, fn)
-        data = result.to_dict()
+        fn, hooked = with_epoch_hook(load_evaluator(ctx.evaluator), on_epoch)
+        data = evaluate_job(job, ctx, fn).to_dict()
         for name in RESULT_FIELDS:
             out[name] = data.get(name)
         if not hooked:  # no per-epoch hook: the curve is reported once training is over
             for acc in data.get("epoch_accuracies") or []:
                 report_intermediate({"default": float(acc), **mark})
-        if out["status"] in ("ok", "skipped") and out.get("accuracy") is not None:
-            out["default"] = float(reward(float(out["accuracy"]), job.macs, ctx.target, ctx.alpha, ctx.beta))
+        for name in ("accuracy", "loss", "images_per_sec"):
+            out[name] = finite(out.get(name))
+        out["default"] = out["accuracy"] if out["status"] == "ok" and out["accuracy"] is not None else 0.0
     except BaseException as exc:  # noqa: BLE001 - every failure must become a result
         out["status"] = "failed"
         out["message"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else \
             (f"{type(exc).__name__}: {exc}".splitlines() or ["error"])[0][:500]
         if not isinstance(exc, KeyboardInterrupt):
             traceback.print_exc()
-    for name in ("accuracy", "reward", "loss"):
-        out[name] = _finite(out.get(name))
     out["wall_time"] = out.get("wall_time") or round(time.time() - t0, 4)
     return out
 

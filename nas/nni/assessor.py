@@ -2,7 +2,7 @@
 
 NNI 3.0 calls the tuner's `trial_end(parameter_id, success)` with the parameter id its
 manager linked to the trial by submission order, which is not always the parameters the
-trial read (see `nas.nni_tuner`). The assessor, on the other hand, is called with NNI's
+trial read (see `nas.nni.tuner`). The assessor, on the other hand, is called with NNI's
 own trial job id and the trial's intermediate reports; the first one a trial sends, right
 after reading its parameters, is the job's (kind, proposal id, session) alone, and the
 per-epoch ones repeat it. So it knows which job an ending trial really ran, and

@@ -1,0 +1,416 @@
+"""The job sources engines drive: the search loop, and a fixed batch of specs.
+
+`SearchLoop` asks the controller, filters (cost window, cache, a twin in flight),
+hands out jobs, tells results and records them; `BatchSource` trains a fixed list
+once each (the scaling grid). Both write every record through one path (`_Records`),
+built by `nas.records.trial_record`, so search, reference and grid records agree.
+
+Resume protocol (exact, see nas/store.py): the controller is checkpointed in the same
+transaction as each pending job (after ask) and each finished trial (after tell).
+
+Handing a source to another process (the NNI tuner runs in NNI's dispatcher): a source
+describes itself as plain data (`handover()`: the space as YAML, the controller as a
+`ControllerRecipe`, the settings), and `source_from_handover` builds an equal one
+there on the same store; the controller's state comes from the store's checkpoint.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from nas.engine import Job
+from nas.errors import UserError
+from nas.records import Objective, best_trial, new_job, result_of, trial_record
+from nas.result import FAILED_STATUSES, TrialResult
+from nas.store import Checkpoint, Store
+
+CHECKPOINT_NAME = "controller"
+CAP_REASON = "stopped after"  # how the max_proposals stop reason starts
+
+
+@dataclass
+class LoopSettings:
+    """The parts of the configuration the loop needs (see nas/config.py for the rest).
+
+    trials: trained trials to run (source 'trained', any status); cost-only and cached
+    proposals are recorded and told but do not count. max_proposals caps all asks
+    (a controller stuck proposing untrainable or known architectures ends the run).
+    """
+
+    target: int
+    alpha: float = -0.07
+    beta: float = -0.07
+    trials: int = 24
+    cost_window: tuple[float, float] = (0.5, 1.0)
+    max_proposals: int = 0          # 0: 50 x trials + 100
+    target_resolution: int = 224
+    chance: float = 0.1             # accuracy of a model that learned nothing (1/classes)
+
+    def __post_init__(self) -> None:
+        self.cost_window = (float(self.cost_window[0]), float(self.cost_window[1]))
+        if not self.max_proposals:
+            self.max_proposals = 50 * self.trials + 100
+
+    @property
+    def objective(self) -> Objective:
+        return Objective(self.target, self.alpha, self.beta)
+
+
+def cost_only_reward(macs: int, target: int, chance: float) -> float:
+    """The reward told for an architecture outside the cost window (no training).
+
+    `chance × min(m, 1/m)` with m = MACs / target: never above chance accuracy (so below
+    any model that learned something), and rising toward the target from both sides, so
+    a learning controller is pulled back into the window rather than just pushed away.
+    """
+    m = max(macs, 1) / float(target)
+    return float(chance) * min(m, 1.0 / m)
+
+
+@dataclass
+class ControllerRecipe:
+    """How to build a controller, as plain data (a controller object cannot travel)."""
+
+    name: str
+    seed: int = 0
+    kwargs: dict = field(default_factory=dict)
+
+    @classmethod
+    def for_run(cls, name: str, seed: int, trials: int) -> "ControllerRecipe":
+        """The search's sizing: evolution's population ~ trials/3, tournament ~ population/3."""
+        kwargs: dict[str, Any] = {}
+        if name == "evolution":
+            pop = max(4, min(50, trials // 3))
+            kwargs = dict(population_size=pop, sample_size=max(2, min(10, pop // 3)))
+        return cls(name, int(seed), kwargs)
+
+    def build(self, space: Any) -> Any:
+        """The controller over `space`'s decisions; de-duplicating by the space's key where
+        the controller supports it. ValueError for an unknown name or bad kwargs."""
+        import controllers
+        kwargs = dict(self.kwargs)
+        if self.name in ("evolution", "random"):
+            kwargs["key_fn"] = space.key
+        return controllers.make(self.name, space.decisions, seed=self.seed, **kwargs)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ControllerRecipe":
+        return cls(str(data["name"]), int(data.get("seed", 0)), dict(data.get("kwargs") or {}))
+
+
+class _Records:
+    """The one path that writes a record and tells the listeners (a broken listener —
+    a report, TensorBoard — must never break the run)."""
+
+    store: Store
+    listeners: list
+
+    def _write(self, rec: dict, ckpt: Checkpoint | None = None) -> dict:
+        rec["id"] = self.store.add_trial(rec, ckpt)
+        for listener in self.listeners:
+            try:
+                listener(rec)
+            except Exception:  # noqa: BLE001
+                traceback.print_exc()
+        return rec
+
+
+class SearchLoop(_Records):
+    """Ask, filter (cost window, cache), hand out jobs, tell, record, checkpoint.
+
+    `space` needs `.decode(choices, num_classes=, resolution=)`; `controller` is a
+    `controllers.base.Controller` or a `ControllerRecipe` (needed to hand the loop to
+    another process, as the NNI engine does). `reference` (an ArchSpec or None) is
+    trained once under the same budget, recorded as kind 'reference' and never told.
+    `listeners` get every new trial record (dict, as stored): progress, TensorBoard.
+    """
+
+    def __init__(self, store: Store, space: Any, controller: Any, settings: LoopSettings,
+                 reference: Any = None, listeners: Sequence[Callable[[dict], None]] = ()) -> None:
+        self.recipe = controller if isinstance(controller, ControllerRecipe) else None
+        self.controller = controller.build(space) if self.recipe else controller
+        self.store, self.space, self.s = store, space, settings
+        self.objective = settings.objective
+        self.reference = reference
+        self.listeners = list(listeners)
+        self.lock = threading.RLock()
+        self.in_flight: dict[str, Job] = {}
+        self.stop_reason = ""
+        self._proposals: dict[int, Any] = {}
+        # proposals of an architecture being trained right now: told its result when it ends
+        self._followers: dict[str, list[Job]] = {}
+        self._tells = 0
+        self._asks = 0
+        self._restore()
+
+    # -- handing over, restoring -----------------------------------------------------------
+    def handover(self) -> dict:
+        if self.recipe is None:
+            raise ValueError("this SearchLoop was given a controller object; give it a ControllerRecipe "
+                             "to run it where the loop is rebuilt in another process (NNI)")
+        return {"type": "search", "space": self.space.to_yaml(), "controller": self.recipe.to_dict(),
+                "settings": asdict(self.s), "reference": self.reference and self.reference.to_dict()}
+
+    def _restore(self) -> None:
+        saved = self.store.checkpoint(CHECKPOINT_NAME)
+        if saved is not None:
+            state, self._tells, self._asks = saved
+            self.controller.load_state_dict(state)
+        self.stop_reason = self.store.get_meta("stop_reason", "") or ""
+        if self.stop_reason.startswith(CAP_REASON) and self._asks < self.s.max_proposals:
+            self._stop("")  # resumed with more --trials: the cap on proposals has risen
+
+    def refresh(self) -> None:
+        """Re-read the controller checkpoint and stop reason (another process drove the loop)."""
+        with self.lock:
+            self._restore()
+
+    def _ckpt(self) -> Checkpoint:
+        return Checkpoint(CHECKPOINT_NAME, self.controller.state_dict(), self._tells, self._asks)
+
+    # -- counts ----------------------------------------------------------------------------
+    @property
+    def trained(self) -> int:
+        return self.store.count("search", ("trained",))
+
+    def _in_flight(self, kind: str = "search") -> int:
+        return sum(1 for j in self.in_flight.values() if j.kind == kind)
+
+    @property
+    def done(self) -> bool:
+        with self.lock:
+            if self.in_flight or self._reference_missing():
+                return False
+            return bool(self.stop_reason) or self.trained >= self.s.trials
+
+    def max_jobs(self) -> int:
+        return max(1, self.s.trials - self.trained + len(self.store.pending()) + 1)
+
+    def _reference_missing(self) -> bool:
+        return self.reference is not None and self.store.trial("reference", 0) is None
+
+    # -- jobs --------------------------------------------------------------------------
+    def initial_jobs(self) -> list[Job]:
+        """Jobs pending in the store (running when the run stopped), then the reference."""
+        with self.lock:
+            jobs, followers = [], []
+            for d in self.store.pending():
+                if d["kind"] not in ("search", "reference"):
+                    continue  # e.g. grid jobs: their own BatchSource re-queues them
+                job = Job.from_dict({**d, "attempt": d.get("attempt", 1)})
+                (followers if d.get("follows") else jobs).append(job)
+            for f in followers:  # waiting for a twin: told from its record, or wait again
+                cached = self.store.find_key(f.key, "search")
+                if cached is not None:
+                    self._tell_cached(self._proposal(f), f, cached)
+                elif any(j.key == f.key for j in jobs):
+                    self._followers.setdefault(f.key, []).append(f)
+                else:
+                    jobs.append(f)
+            if self._reference_missing() and not any(j.kind == "reference" for j in jobs):
+                job = new_job("reference", 0, self.reference, self.s.target_resolution)
+                self.store.add_pending(job.kind, job.proposal_id, _job_row(job))
+                jobs.insert(0, job)
+            for j in jobs:
+                self.in_flight[j.name] = j
+            return jobs
+
+    def next_job(self) -> Optional[Job]:
+        """The next architecture to train, or None (nothing to start now)."""
+        from controllers import SpaceExhausted
+        with self.lock:
+            while not self.stop_reason and self.trained + self._in_flight() < self.s.trials:
+                if self._asks >= self.s.max_proposals:
+                    self._stop(f"{CAP_REASON} {self._asks} proposals: the controller keeps proposing "
+                               "architectures outside the cost window or already evaluated")
+                    return None
+                try:
+                    proposal = self.controller.ask()
+                except SpaceExhausted as exc:
+                    self._stop(f"search space exhausted ({exc})")
+                    return None
+                self._asks += 1
+                job = self._make_job(proposal)
+                if job is not None:
+                    self._proposals[proposal.id] = proposal
+                    self.in_flight[job.name] = job
+                    self.store.add_pending(job.kind, job.proposal_id, _job_row(job), self._ckpt())
+                    return job
+            return None
+
+    def _make_job(self, proposal: Any) -> Optional[Job]:
+        """A Job to train, or None after telling and recording a cost-only/cached result (or
+        parking the proposal until the same architecture, in flight now, has finished)."""
+        spec = self.space.decode(list(proposal.choices), num_classes=1000, resolution=self.s.target_resolution)
+        job = new_job("search", proposal.id, spec, self.s.target_resolution, list(proposal.choices))
+        lo, hi = self.s.cost_window
+        if not lo * self.s.target <= job.macs <= hi * self.s.target:
+            r = cost_only_reward(job.macs, self.s.target, self.s.chance)
+            self.controller.tell(proposal, r)
+            self._tells += 1
+            note = (f"MACs {job.macs / self.s.target:.2f}x target, outside the cost window [{lo:g}, {hi:g}]: "
+                    "reward from cost alone, not trained")
+            self._write(trial_record(job, TrialResult(status="skipped", message=note), self.objective, told=True,
+                                     source="cost-only", reward=r), self._ckpt())
+            return None
+        cached = self.store.find_key(job.key, "search")
+        if cached is not None:
+            self._tell_cached(proposal, job, cached)
+            return None
+        twin = next((j for j in self.in_flight.values() if j.kind == "search" and j.key == job.key), None)
+        if twin is not None:  # being trained now: never train it twice, wait for that result
+            self._proposals[proposal.id] = proposal
+            self._followers.setdefault(job.key, []).append(job)
+            self.store.add_pending(job.kind, job.proposal_id, {**_job_row(job), "follows": twin.name}, self._ckpt())
+            return None
+        return job
+
+    def _proposal(self, job: Job) -> Any:
+        proposal = self._proposals.pop(job.proposal_id, None)
+        if proposal is None:  # asked before a restart
+            from controllers.base import Proposal
+            proposal = Proposal(job.proposal_id, tuple(job.choices or ()))
+        return proposal
+
+    def _tell(self, proposal: Any, status: str, reward: float | None) -> Checkpoint:
+        if status in FAILED_STATUSES or reward is None:
+            self.controller.tell_failure(proposal, status)
+        else:
+            self.controller.tell(proposal, reward)
+        self._tells += 1
+        return self._ckpt()
+
+    def _tell_cached(self, proposal: Any, job: Job, cached: dict) -> dict:
+        """Tell and record a proposal whose architecture has a trained record already."""
+        ckpt = self._tell(proposal, cached["status"], cached["reward"])
+        result = result_of(cached)
+        result.message = f"same architecture as trial {cached['id']}: result reused"
+        rec = trial_record(job, result, self.objective, told=True, source="cache", reward=cached["reward"])
+        return self._write(rec, ckpt)
+
+    def complete(self, job: Job, result: TrialResult, worker: str = "", started_at: float | None = None,
+                 finished_at: float | None = None, extra: dict | None = None) -> dict:
+        """Record a trained job's result (and tell the controller, for 'search' jobs)."""
+        with self.lock:
+            search = job.kind == "search"
+            rec = trial_record(job, result, self.objective, told=search, worker=worker, started_at=started_at,
+                               finished_at=finished_at, extra=extra)
+            ckpt = self._tell(self._proposal(job), rec["status"], rec["reward"]) if search else None
+            self.in_flight.pop(job.name, None)
+            rec = self._write(rec, ckpt)
+            for f in self._followers.pop(job.key, []) if search else []:
+                self._tell_cached(self._proposal(f), f, rec)
+            return rec
+
+    def _stop(self, reason: str) -> None:
+        self.stop_reason = reason
+        self.store.set_meta("stop_reason", reason)
+
+    # -- results ------------------------------------------------------------------------
+    def best(self) -> Optional[dict]:
+        return best_trial(self.store.trials("search", "trained"))
+
+
+def _job_row(job: Job) -> dict:
+    """A job as stored in the pending table (kind, id and attempt are columns there)."""
+    d = job.to_dict()
+    for k in ("kind", "proposal_id", "attempt"):
+        d.pop(k)
+    return d
+
+
+class BatchSource(_Records):
+    """Train a fixed list of specs once each, recorded as `kind` in the store.
+
+    Resumable: specs already recorded are not trained again; pending ones re-run. Cost
+    is counted at `target_resolution` (default: each spec's own). `results()` returns
+    one TrialResult per spec, in the given order.
+    """
+
+    def __init__(self, store: Store, specs: Sequence[Any], objective: Objective, kind: str = "grid",
+                 target_resolution: int | None = None, listeners: Sequence[Callable[[dict], None]] = ()) -> None:
+        self.store, self.kind, self.objective, self.listeners = store, kind, objective, list(listeners)
+        self.target_resolution = target_resolution
+        self.specs = list(specs)
+        self.jobs = [new_job(kind, i, spec, target_resolution) for i, spec in enumerate(self.specs)]
+        for job in self.jobs:
+            row = store.trial(kind, job.proposal_id)
+            if row is not None and row["key"] != job.key:
+                raise UserError(f"the run's {kind!r} records were made for other networks (record "
+                                f"{job.proposal_id} is another architecture): use another --out")
+        self.lock = threading.RLock()
+        self.in_flight: dict[str, Job] = {}
+
+    def handover(self) -> dict:
+        return {"type": "batch", "kind": self.kind, "specs": [s.to_dict() for s in self.specs],
+                "objective": asdict(self.objective), "target_resolution": self.target_resolution}
+
+    def refresh(self) -> None:
+        """Nothing to re-read: what is done is read from the store each time."""
+
+    def max_jobs(self) -> int:
+        return max(1, len(self.jobs) + 1)
+
+    @property
+    def done(self) -> bool:
+        return not self.in_flight and all(self.store.trial(self.kind, j.proposal_id) for j in self.jobs)
+
+    def initial_jobs(self) -> list[Job]:
+        """Jobs of this batch left pending by a previous run (same proposal ids)."""
+        with self.lock:
+            pending = {d["proposal_id"]: d.get("attempt", 1) for d in self.store.pending(self.kind)}
+            jobs = []
+            for job in self.jobs:
+                if job.proposal_id in pending and not self.store.trial(self.kind, job.proposal_id):
+                    job.attempt = pending[job.proposal_id]
+                    self.in_flight[job.name] = job
+                    jobs.append(job)
+            return jobs
+
+    def next_job(self) -> Optional[Job]:
+        with self.lock:
+            for job in self.jobs:
+                if job.name in self.in_flight or self.store.trial(self.kind, job.proposal_id):
+                    continue
+                self.in_flight[job.name] = job
+                self.store.add_pending(job.kind, job.proposal_id, _job_row(job))
+                return job
+            return None
+
+    def complete(self, job: Job, result: TrialResult, worker: str = "", started_at: float | None = None,
+                 finished_at: float | None = None, extra: dict | None = None) -> dict:
+        with self.lock:
+            rec = trial_record(job, result, self.objective, told=False, worker=worker, started_at=started_at,
+                               finished_at=finished_at or time.time(), extra=extra)
+            self.in_flight.pop(job.name, None)
+            return self._write(rec)
+
+    def results(self) -> list[TrialResult]:
+        out = []
+        for job in self.jobs:
+            row = self.store.trial(self.kind, job.proposal_id)
+            out.append(TrialResult(status="failed", message="not evaluated") if row is None else result_of(row))
+        return out
+
+
+def source_from_handover(state: dict, store: Store) -> Any:
+    """The source a `handover()` describes, on `store` (no listeners: this process's
+    records reach the launching process's listeners through the store)."""
+    from search_space.space import SearchSpace
+    from search_space.spec import ArchSpec
+
+    if not isinstance(state, dict) or state.get("type") not in ("search", "batch"):
+        raise ValueError(f"not a job-source handover: {str(state)[:80]!r}")
+    if state["type"] == "batch":
+        return BatchSource(store, [ArchSpec.from_dict(s) for s in state["specs"]], Objective(**state["objective"]),
+                           kind=state["kind"], target_resolution=state.get("target_resolution"))
+    space = SearchSpace.from_yaml_text(state["space"], source="the handed-over search space")
+    settings = LoopSettings(**{**state["settings"], "cost_window": tuple(state["settings"]["cost_window"])})
+    reference = ArchSpec.from_dict(state["reference"]) if state.get("reference") else None
+    return SearchLoop(store, space, ControllerRecipe.from_dict(state["controller"]), settings, reference=reference)
