@@ -2,21 +2,47 @@
 
 `make(name, decisions, seed=0, **kwargs)` builds one by name ('random', 'evolution',
 'rl'); controllers see only decisions (choice counts), never blocks or training.
+
+`rl` (and with it torch, ~0.8 s to import) is loaded when first used: a search with
+evolution or random search, and its `--resume`, start without it.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Mapping
+from typing import Any, Iterator, Sequence
 
 from .base import Controller, Ledger, Proposal, SpaceExhausted, decision_sizes
 from .evolution import RegularizedEvolution
 from .random import RandomSearch
-from .rl import RLController
 
-CONTROLLERS: dict[str, type] = {
-    "random": RandomSearch,
-    "evolution": RegularizedEvolution,
-    "rl": RLController,
-}
+
+def _rl() -> type:
+    from .rl import RLController
+    return RLController
+
+
+class _Registry(Mapping):
+    """name -> controller class; the RL class is imported on first lookup."""
+
+    _load = {"random": lambda: RandomSearch, "evolution": lambda: RegularizedEvolution, "rl": _rl}
+
+    def __getitem__(self, name: str) -> type:
+        return self._load[name]()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load)
+
+    def __len__(self) -> int:
+        return len(self._load)
+
+
+CONTROLLERS: Mapping[str, type] = _Registry()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RLController":
+        return _rl()
+    raise AttributeError(f"module 'controllers' has no attribute {name!r}")
 
 
 def make(name: str, decisions: Sequence[Any], seed: int = 0, **kwargs: Any) -> Controller:

@@ -19,20 +19,28 @@ default the choice tuple; pass `SearchSpace.key` to merge canonical duplicates) 
 remembered; a mutation hitting a seen key is retried, then a random unseen
 architecture is used, and `SpaceExhausted` is raised when none is left.
 Failures (`tell_failure`) never enter the population but stay "seen".
+
+Cost per ask and tell is bounded: a tournament reads S members of a population of at
+most P, a mutation tries at most `mutation_tries` children; only the set of seen keys
+grows (a set lookup per candidate). `state_dict(history=False)` leaves that set out
+(the loop replays it from the store on resume; controllers/base.py, "History"), so the
+checkpoint the search writes with every trial stays the same size.
 """
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Hashable, Optional, Sequence
+from typing import Any, Callable, Hashable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from .base import (Controller, Ledger, Proposal, check_state, finite_reward, identity_key,
-                   key_from_plain, plain_key, sample_unseen)
+from .base import (Controller, History, Ledger, Proposal, check_state, finite_reward, identity_key,
+                   sample_unseen)
 
 
 class RegularizedEvolution(Controller):
     """Aging evolution with tournament selection and one-decision mutations."""
+
+    replays_history = True
 
     def __init__(self, decisions: Sequence[Any], seed: int = 0, population_size: int = 50,
                  sample_size: int = 10,
@@ -53,23 +61,31 @@ class RegularizedEvolution(Controller):
         self.rng = np.random.default_rng(seed)
         self.ledger = Ledger()
         self.population: deque = deque()
-        self.seen: set = set()
+        self.history = History(self.key_fn)
         self.n_told = 0
         self.n_failed = 0
 
     # -- proposing ---------------------------------------------------------------------
+    @property
+    def seen(self) -> set:
+        """The keys of every proposal made (read-only use)."""
+        return self.history.keys
+
     def ask(self) -> Proposal:
-        choices, origin = None, "random"
+        self.history.check()
+        found, origin = None, "random"
         if self.population and len(self.population) + len(self.ledger.pending) >= self.initial_random:
-            choices = self._child()
-            origin = "mutation" if choices is not None else "random"
-        if choices is None:
-            choices = sample_unseen(self.rng, self.sizes, self.seen, self.key_fn)
-        self.seen.add(self.key_fn(choices))
+            found = self._child()
+            origin = "mutation" if found is not None else "random"
+        if found is None:
+            found = sample_unseen(self.rng, self.sizes, self.history.keys, self.key_fn)
+        choices, key = found
+        self.history.add(key)
         return self.ledger.issue(choices, origin)
 
-    def _child(self) -> Optional[tuple[int, ...]]:
-        """Tournament winner mutated in one decision, or None when all tries were seen."""
+    def _child(self) -> Optional[tuple[tuple[int, ...], Hashable]]:
+        """Tournament winner mutated in one decision, with its key; None when all tries
+        were seen."""
         if not self.mutable:
             return None
         k = min(self.sample_size, len(self.population))
@@ -80,8 +96,9 @@ class RegularizedEvolution(Controller):
             new = int(self.rng.integers(self.sizes[i] - 1))
             new += new >= parent[i]  # any choice but the current one
             child = parent[:i] + (new,) + parent[i + 1:]
-            if self.key_fn(child) not in self.seen:
-                return child
+            key = self.key_fn(child)
+            if key not in self.history.keys:
+                return child, key
         return None
 
     # -- learning ----------------------------------------------------------------------
@@ -98,13 +115,17 @@ class RegularizedEvolution(Controller):
         self.n_failed += 1
 
     # -- resume ------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, history: bool = True) -> dict[str, Any]:
+        """The whole state; `history=False`: without the seen keys (bounded size)."""
         return {"kind": "evolution", "sizes": list(self.sizes), "seed": self.seed,
                 "population_size": self.population_size, "sample_size": self.sample_size,
                 "initial_random": self.initial_random, "rng": self.rng.bit_generator.state,
                 "ledger": self.ledger.state_dict(),
                 "population": [[list(c), r] for c, r in self.population],
-                "seen": [plain_key(k) for k in self.seen], "n_told": self.n_told, "n_failed": self.n_failed}
+                **self.history.state(history), "n_told": self.n_told, "n_failed": self.n_failed}
+
+    def replay_history(self, choices: Iterable[Sequence[int]], keys: Optional[Iterable[Hashable]] = None) -> None:
+        self.history.replay(choices, keys)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_state(state, "evolution", self.sizes)
@@ -113,5 +134,5 @@ class RegularizedEvolution(Controller):
         self.rng.bit_generator.state = state["rng"]
         self.ledger.load_state_dict(state["ledger"])
         self.population = deque((tuple(c), float(r)) for c, r in state["population"])
-        self.seen = {key_from_plain(k) for k in state["seen"]}
+        self.history.load(state)
         self.n_told, self.n_failed = state["n_told"], state["n_failed"]

@@ -44,6 +44,7 @@ class ProxyBudget:
     precision: str = "auto"           # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     zero_init: bool = True            # zero classifier + last BN of residual branches (nas.train)
     channels_last: bool | None = None  # None = auto (on: faster on CPU and CUDA)
+    test: bool = False                # also score the held-out test part (stage 2 only; nas.data)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "reference": "efficientnet-b0", "no_scale": False, "scale_grid": False, "alpha_scale": 1.2,
     "beta_scale": 1.1, "gamma_scale": 1.15, "phis": "1-7", "grid_step": 0.05, "grid_tol": 0.1, "no_progress": False, "quiet": False,
     "no_tensorboard": False,
+    "no_final": False, "final_top_k": 3, "final_seeds": 3, "final_epochs": 4.0, "final_resolution": None,
 }
 
 # Options that define *what* is searched: a resumed run must keep them.
@@ -178,6 +179,17 @@ def build_parser(with_nni: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     g.add_argument("--quiet", action="store_true", help="print only the closing summary")
     g.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard event files")
+    g = p.add_argument_group("stage 2: retrain the best on fresh seeds, judge on the test part")
+    g.add_argument("--no-final", action="store_true", help="skip stage 2 (B0 is then the search's best)")
+    g.add_argument("--final-top-k", type=_positive_int("--final-top-k"),
+                   help=f"architectures retrained, best by search reward, besides the reference "
+                        f"(default: {d['final_top_k']})")
+    g.add_argument("--final-seeds", type=_positive_int("--final-seeds"),
+                   help=f"fresh training seeds for each, none equal to --seed (default: {d['final_seeds']})")
+    g.add_argument("--final-epochs", type=_float("--final-epochs", 0, strict=True),
+                   help=f"epochs of the final budget (default: {d['final_epochs']:g})")
+    g.add_argument("--final-resolution", type=_int_at_least("--final-resolution", 8),
+                   help="image size of the final budget (default: --proxy-resolution)")
     g = p.add_argument_group("hand-off to compound scaling")
     g.add_argument("--no-scale", action="store_true", help="do not derive B1-B7 from the B0 found")
     g.add_argument("--scale-grid", action="store_true",
@@ -262,17 +274,22 @@ def parse(argv: Sequence[str] | None = None) -> tuple[dict[str, Any], set[str]]:
     return opts, names
 
 
-def check_out_dir(out: str, resume: bool, overwrite: bool) -> None:
-    """--out must be creatable/writable, and hold a run exactly when --resume is given."""
+def check_out_dir(out: str, resume: bool, overwrite: bool, what: str = "search run") -> None:
+    """--out must be creatable/writable, and hold a run exactly when --resume is given
+    (`what` names the kind of run in the messages: a search run, a proxy check)."""
     from nas.store import Store
     if not str(out).strip():
         raise UserError("--out must name a folder, got an empty string")
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
+    broken = Store.unreadable(path) if path.is_dir() else None
+    if broken and not (overwrite and not resume):
+        raise UserError(f"{path / 'search.db'}: cannot be read as a run's store ({broken}); nothing was changed "
+                        "(move it away, or pass --overwrite to replace it)")
     if resume:
         if not path.is_dir() or not Store.is_run(path):
-            raise UserError(f"--resume: {out} is not a search run (no search.db with a recorded configuration)")
+            raise UserError(f"--resume: {out} is not a {what} (no search.db with a recorded configuration)")
     elif path.is_dir() and Store.is_run(path) and not overwrite:
         raise UserError(f"--out {out}: already holds a run; pass --resume to continue it, --overwrite to "
                         "replace it, or another --out")
@@ -291,6 +308,21 @@ def _can_create_in(folder: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+def device_option(want: str) -> str:
+    """`--device cpu|cuda|auto` as the device trials use: auto is CUDA when available;
+    cuda on a machine without it is a one-line error."""
+    if want == "cpu":
+        return "cpu"
+    try:
+        import torch
+        ok = torch.cuda.is_available()
+    except Exception:  # noqa: BLE001 - no usable torch: CPU
+        ok = False
+    if want == "cuda" and not ok:
+        raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return "cuda" if ok else "cpu"
 
 
 def parse_phis(text: str) -> list[float]:

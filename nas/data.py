@@ -2,7 +2,17 @@
 
 Small proxy datasets fit in memory, so a trial never starts DataLoader workers: images are
 decoded once, resized once to the proxy resolution, normalized, split (stratified, seeded)
-into train and a held-out validation part, and kept on the device. Batches are sliced from
+into train and a search-validation part, and kept on the device.
+
+Three parts, and why: the search *selects* on its validation part, so a number measured
+there is biased by the selection. Every dataset therefore also has a test part that no
+search, grid or selection ever reads; only stage 2 (`nas.final`) scores on it, after
+its choice is made. The test part is fixed by the dataset alone (a constant seed, not
+the search seed): mnist5k, digits and imagefolder carve a stratified 20 % out first
+(mnist5k: 1,000 of 5,000 images, leaving 3,200 train / 800 search-validation; digits:
+360 of 1,797); cifar10/cifar100 use their official test files. A `ProxyData` holds
+test tensors only when loaded with `test=True` (a budget with `test=True`), which only
+stage 2 does. Batches are sliced from
 those tensors with cheap on-device augmentation (random crop with padding; horizontal flip
 only where it preserves the label, i.e. never for digits).
 
@@ -12,7 +22,7 @@ Datasets:
   cifar10      CIFAR-10 python batches in --data-dir (`download=True` fetches them)
   cifar100     CIFAR-100 python files in --data-dir (`download=True` fetches them)
   imagefolder  --data-dir/<class>/<image files> (needs Pillow)
-Only the *training* part of CIFAR is read; its test batch stays untouched for final tests.
+CIFAR's test file is read only for stage 2 (`test=True`).
 """
 from __future__ import annotations
 
@@ -37,13 +47,22 @@ _CIFAR_URLS = {
     "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-batches-py"),
     "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "cifar-100-python"),
 }
+# The archives' published MD5 sums (on the CIFAR page): a download is checked before it is unpacked.
+_CIFAR_MD5 = {
+    "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+    "cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85",
+}
 _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
 _CACHE_SIZE = 4
+TEST_FRACTION = 0.2      # of mnist5k, digits and imagefolder: the test part
+TEST_SEED = 20190528     # fixed: the test part never depends on a search seed
+_CIFAR_TEST = {"cifar10": "test_batch", "cifar100": "test"}
 
 
 @dataclass
 class ProxyData:
-    """Train and validation tensors (N, 3, R, R) float32 normalized, labels int64, on `device`."""
+    """Train and search-validation tensors (N, 3, R, R) float32 normalized, labels int64, on
+    `device`; the test part too only when loaded with `test=True` (stage 2), else None."""
 
     name: str
     train_x: torch.Tensor
@@ -54,6 +73,8 @@ class ProxyData:
     resolution: int
     flip: bool
     pad: int
+    test_x: torch.Tensor | None = None
+    test_y: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -92,9 +113,13 @@ class ProxyData:
             x = torch.where(mask[:, None, None, None], x.flip(3), x)
         return x
 
-    def val_batches(self, batch_size: int = 1024) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, self.val_x.shape[0], batch_size):
-            yield self.val_x[start:start + batch_size], self.val_y[start:start + batch_size]
+    def val_batches(self, batch_size: int = 1024, part: str = "val") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of the search-validation part, or of the test part with `part='test'`."""
+        x, y = (self.val_x, self.val_y) if part == "val" else (self.test_x, self.test_y)
+        if x is None:
+            raise ValueError("this ProxyData has no test part (load it with test=True)")
+        for start in range(0, x.shape[0], batch_size):
+            yield x[start:start + batch_size], y[start:start + batch_size]
 
 
 _cache: "OrderedDict[tuple, ProxyData]" = OrderedDict()
@@ -117,18 +142,21 @@ def _cached(key: tuple, make: Callable[[], ProxyData]) -> ProxyData:
 
 
 def load(budget_or_name, data_dir: str | None = None, resolution: int = 32, device: str | torch.device = "cpu",
-         seed: int = 0, val_fraction: float = 0.2, download: bool = False, max_images: int | None = None) -> ProxyData:
+         seed: int = 0, val_fraction: float = 0.2, download: bool = False, max_images: int | None = None,
+         test: bool = False) -> ProxyData:
     """The proxy dataset as device tensors; `budget_or_name` is a ProxyBudget or a dataset name.
 
-    With a budget, its dataset, data_dir, resolution, device, seed, val_fraction, download
-    and max_images are used and the other arguments are ignored. Results are cached
-    in-process (LRU of 4), so many trials in one worker read the files once.
+    With a budget, its dataset, data_dir, resolution, device, seed, val_fraction, download,
+    max_images and test are used and the other arguments are ignored. `seed` splits the
+    search part into train and search-validation; the test part (`test=True` only) is
+    fixed by the dataset. Results are cached in-process (LRU of 4), so many trials in one
+    worker read the files once.
     """
     if not isinstance(budget_or_name, str):
         b = budget_or_name
         name, data_dir, resolution, device = b.dataset, b.data_dir, b.resolution, b.device
         seed, val_fraction, download = b.seed, b.val_fraction, b.download
-        max_images = getattr(b, "max_images", None)
+        max_images, test = getattr(b, "max_images", None), bool(getattr(b, "test", False))
     else:
         name = budget_or_name
     name = str(name).lower()
@@ -141,13 +169,27 @@ def load(budget_or_name, data_dir: str | None = None, resolution: int = 32, devi
     if max_images is not None and max_images < 2:
         raise UserError(f"max_images {max_images!r}: expected at least 2")
     device = resolve_device(device)
-    key = (name, str(Path(data_dir).resolve()) if data_dir else None, resolution, str(device), seed, val_fraction, max_images)
+    key = (name, str(Path(data_dir).resolve()) if data_dir else None, resolution, str(device), seed, val_fraction,
+           max_images, test)
 
     def make() -> ProxyData:
-        images, labels = _read(name, data_dir, download, resolution, max_images, seed)
-        return _prepare(name, images, labels, resolution, device, seed, val_fraction)
+        (images, labels), held_out = _read(name, data_dir, download, resolution, max_images, seed, test)
+        return _prepare(name, images, labels, resolution, device, seed, val_fraction, held_out)
 
     return _cached(key, make)
+
+
+def load_checked(budget) -> ProxyData:
+    """`load(budget)` on the CPU, for checking a dataset before anything trains: any
+    failure is a one-line `UserError` naming the dataset."""
+    import dataclasses
+
+    try:
+        return load(dataclasses.replace(budget, device="cpu"))
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"--dataset {budget.dataset}: cannot load it ({str(exc).splitlines()[0]})") from None
 
 
 def clear_cache() -> None:
@@ -169,21 +211,50 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 # -- reading -------------------------------------------------------------------------
+Arrays = tuple[np.ndarray, np.ndarray]
+
+
 def _read(name: str, data_dir: str | None, download: bool, resolution: int, max_images: int | None = None,
-          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 N,H,W,C, labels int64 N), capped at `max_images` (stratified, seeded)."""
-    if name == "imagefolder":  # the cap is applied to the file list: only kept files are decoded
-        return _read_imagefolder(data_dir, resolution, max_images, seed)
-    if name == "mnist5k":
-        images, labels = _read_mnist5k()
-    elif name == "digits":
-        images, labels = _read_digits()
-    else:
+          seed: int = 0, test: bool = False) -> tuple[Arrays, Arrays | None]:
+    """((images uint8 N,H,W,C, labels int64 N) of the search part, the test part or None).
+
+    The test part is split off first with a fixed seed; `max_images` then caps the search
+    part (stratified, seeded) and the test part at `TEST_FRACTION` of that.
+    """
+    if name == "imagefolder":  # the parts are chosen on the file list: only kept files are decoded
+        paths, labels = _imagefolder_files(data_dir)
+        search, held = parts(labels, max_images, seed)
+        images = _decode_images([paths[i] for i in search], resolution)
+        held_out = (_decode_images([paths[i] for i in held], resolution), labels[held]) if test else None
+        return (images, labels[search]), held_out
+    if name in _CIFAR_TEST:
         images, labels = _read_cifar(name, data_dir, download)
+        keep = np.arange(len(labels)) if max_images is None else _subsample(labels, max_images, seed)
+        held_out = None
+        if test:
+            tx, ty = _read_cifar(name, data_dir, False, test=True)
+            if max_images is not None:
+                cap = _subsample(ty, _test_cap(max_images), TEST_SEED)
+                tx, ty = tx[cap], ty[cap]
+            held_out = (tx, ty)
+        return (images[keep], labels[keep]), held_out
+    images, labels = _read_mnist5k() if name == "mnist5k" else _read_digits()
+    search, held = parts(labels, max_images, seed)
+    return (images[search], labels[search]), ((images[held], labels[held]) if test else None)
+
+
+def parts(labels: np.ndarray, max_images: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(search indices, test indices) of a dataset without official test files: the test
+    part is a stratified `TEST_FRACTION` drawn with `TEST_SEED`, whatever the search seed."""
+    search, held = split(labels, TEST_FRACTION, TEST_SEED)
     if max_images is not None:
-        keep = _subsample(labels, max_images, seed)
-        images, labels = images[keep], labels[keep]
-    return images, labels
+        search = search[_subsample(labels[search], max_images, seed)]
+        held = held[_subsample(labels[held], _test_cap(max_images), TEST_SEED)]
+    return np.sort(search), np.sort(held)
+
+
+def _test_cap(max_images: int) -> int:
+    return max(2, round(TEST_FRACTION * max_images))
 
 
 def _package_file(package: str, *parts: str) -> Path:
@@ -237,25 +308,49 @@ def _cifar_files_present(name: str, folder: Path) -> bool:
 
 
 def _download(url: str, root: Path) -> None:
-    """Fetch and unpack a CIFAR tarball (only when the user asks with --download)."""
+    """Fetch, verify and unpack a CIFAR tarball (only when the user asks with --download).
+
+    The archive's MD5 must equal the published one, and tarfile's `data` filter refuses
+    members that would land outside `root` (absolute paths, `..`, links out): either is
+    one line and nothing is extracted.
+    """
+    import hashlib
     import urllib.request
 
-    archive = root / url.rsplit("/", 1)[1]
+    name = url.rsplit("/", 1)[1]
+    archive, tmp = root / name, root / (name + ".part")
     try:
-        tmp = archive.with_name(archive.name + ".part")
+        digest = hashlib.md5(usedforsecurity=False)
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
             while chunk := response.read(1 << 20):
+                digest.update(chunk)
                 out.write(chunk)
+        want = _CIFAR_MD5.get(name)
+        if want is not None and digest.hexdigest() != want:
+            tmp.unlink()
+            raise UserError(f"download of {url}: checksum {digest.hexdigest()} is not the published {want}; "
+                            "nothing was extracted (retry, or fetch it by hand into --data-dir)")
+        with tarfile.open(tmp) as tar:
+            members = tar.getmembers()
+            for member in members:  # checked whole before anything is written
+                tarfile.data_filter(member, str(root))
+            tar.extractall(root, members=members, filter="data")
         tmp.replace(archive)
-        with tarfile.open(archive) as tar:
-            tar.extractall(root, filter="data")
-    except OSError as exc:
-        raise UserError(f"download of {url} failed: {exc}") from None
+    except (OSError, tarfile.TarError) as exc:
+        if tmp.exists():
+            tmp.unlink()
+        raise UserError(f"download of {url} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                        "nothing was extracted") from None
 
 
-def _read_cifar(name: str, data_dir: str | None, download: bool) -> tuple[np.ndarray, np.ndarray]:
+def _read_cifar(name: str, data_dir: str | None, download: bool, test: bool = False) -> tuple[np.ndarray, np.ndarray]:
     folder = _cifar_folder(name, data_dir, download)
-    files = [folder / f"data_batch_{i}" for i in range(1, 6)] if name == "cifar10" else [folder / "train"]
+    if test:
+        files = [folder / _CIFAR_TEST[name]]
+        if not files[0].is_file():
+            raise UserError(f"--data-dir {data_dir}: no {name} test file {_CIFAR_TEST[name]} (stage 2 needs it)")
+    else:
+        files = [folder / f"data_batch_{i}" for i in range(1, 6)] if name == "cifar10" else [folder / "train"]
     label_key = b"labels" if name == "cifar10" else b"fine_labels"
     images, labels = [], []
     for path in files:
@@ -269,9 +364,8 @@ def _read_cifar(name: str, data_dir: str | None, download: bool) -> tuple[np.nda
     return np.concatenate(images), np.concatenate(labels)
 
 
-def _read_imagefolder(data_dir: str | None, resolution: int, max_images: int | None = None,
-                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Class subfolders of images, each resized (shorter side) and center-cropped to R x R."""
+def _imagefolder_files(data_dir: str | None) -> tuple[list[Path], np.ndarray]:
+    """(image paths, labels) of class subfolders; nothing decoded yet."""
     if not data_dir:
         raise UserError("dataset imagefolder: --data-dir is required (a folder with one subfolder per class)")
     root = Path(data_dir)
@@ -288,15 +382,16 @@ def _read_imagefolder(data_dir: str | None, resolution: int, max_images: int | N
         raise UserError(f"--data-dir {data_dir}: not an ImageFolder layout (no class subfolders with image files)")
     if len(classes) < 2:
         raise UserError(f"--data-dir {data_dir}: ImageFolder has only one class ({classes[0][0]!r}); need at least 2")
+    labels = np.asarray([label for label, (_, files) in enumerate(classes) for _ in files], dtype=np.int64)
+    return [path for _, files in classes for path in files], labels
+
+
+def _decode_images(paths: list[Path], resolution: int) -> np.ndarray:
+    """Each image resized (shorter side) and center-cropped to R x R, as uint8 N,R,R,3."""
     try:
         from PIL import Image
     except ImportError:
         raise UserError("dataset imagefolder needs Pillow to read images (pip install pillow)") from None
-    labels = np.asarray([label for label, (_, files) in enumerate(classes) for _ in files], dtype=np.int64)
-    paths = [path for _, files in classes for path in files]
-    if max_images is not None:
-        keep = _subsample(labels, max_images, seed)
-        paths, labels = [paths[i] for i in keep], labels[keep]
     images = []
     for path in paths:
         try:
@@ -311,7 +406,7 @@ def _read_imagefolder(data_dir: str | None, resolution: int, max_images: int | N
                 images.append(np.asarray(img, dtype=np.uint8))
         except OSError as exc:
             raise UserError(f"{path}: cannot read image ({exc})") from None
-    return np.stack(images), labels
+    return np.stack(images) if images else np.zeros((0, resolution, resolution, 3), np.uint8)
 
 
 # -- preparing -----------------------------------------------------------------------
@@ -360,7 +455,7 @@ def _resize(images: np.ndarray, resolution: int) -> torch.Tensor:
 
 
 def _prepare(name: str, images: np.ndarray, labels: np.ndarray, resolution: int, device: torch.device,
-             seed: int, val_fraction: float) -> ProxyData:
+             seed: int, val_fraction: float, held_out: Arrays | None = None) -> ProxyData:
     classes, labels = np.unique(labels, return_inverse=True)
     if len(classes) < 2:
         raise UserError(f"dataset {name}: only one class present; need at least 2")
@@ -372,6 +467,13 @@ def _prepare(name: str, images: np.ndarray, labels: np.ndarray, resolution: int,
     flat = train_x.transpose(0, 1).reshape(train_x.shape[1], -1)
     mean = flat.mean(1).view(1, -1, 1, 1)
     std = flat.std(1).clamp_min(1e-3).view(1, -1, 1, 1)
+    test_x = test_y = None
+    if held_out is not None:  # normalized like the training part; labels in the search part's class order
+        hx, hy = held_out
+        known = np.isin(hy, classes)
+        test_x = ((_resize(hx[known], resolution) - mean) / std).to(device)
+        test_y = torch.from_numpy(np.searchsorted(classes, hy[known]).astype(np.int64)).to(device)
     return ProxyData(name=name, train_x=((train_x - mean) / std).to(device), train_y=y[t].to(device),
                      val_x=((val_x - mean) / std).to(device), val_y=y[v].to(device), num_classes=len(classes),
-                     resolution=resolution, flip=name not in _NO_FLIP, pad=max(1, resolution // 8))
+                     resolution=resolution, flip=name not in _NO_FLIP, pad=max(1, resolution // 8),
+                     test_x=test_x, test_y=test_y)

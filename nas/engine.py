@@ -20,6 +20,7 @@ trained); `done` is True when nothing is in flight and nothing more will come.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib
 import inspect
@@ -30,16 +31,13 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from nas.budget import ProxyBudget
+from nas.errors import EngineError  # noqa: F401 - engines raise it from here
 from nas.result import TrialResult, finite
 
 if TYPE_CHECKING:
     from nas.store import Store
 
 DEFAULT_EVALUATOR = "nas.trial:evaluate"
-
-
-class EngineError(RuntimeError):
-    """An engine cannot go on (e.g. workers die at start-up); the store stays resumable."""
 
 
 @dataclass
@@ -61,6 +59,7 @@ class Job:
     choices: Optional[list] = None
     attempt: int = 1
     queued_at: float = field(default_factory=time.time)
+    overrides: Optional[dict] = None   # budget fields of this job alone (stage 2: its seed)
 
     @property
     def name(self) -> str:
@@ -140,6 +139,8 @@ def evaluate_job(job: Job, ctx: EvalContext, evaluator: Callable | None = None) 
         fn = evaluator or load_evaluator(ctx.evaluator)
         spec = ArchSpec.from_dict(job.spec)
         budget = ctx.budget.at_resolution(spec.resolution) if ctx.per_spec_resolution else ctx.budget
+        if job.overrides:
+            budget = dataclasses.replace(budget, **job.overrides)
         result = fn(spec, budget)
         if isinstance(result, dict):
             result = TrialResult.from_dict(result)

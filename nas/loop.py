@@ -15,6 +15,7 @@ there on the same store; the controller's state comes from the store's checkpoin
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import traceback
@@ -116,6 +117,9 @@ class _Records:
         for listener in self.listeners:
             try:
                 listener(rec)
+            except OSError as exc:  # a full disk, a file made read-only: say so, go on (the store has it)
+                print(f"warning: a report was not updated ({exc.filename or ''}: {exc.strerror or exc})",
+                      file=sys.stderr)
             except Exception:  # noqa: BLE001
                 traceback.print_exc()
         return rec
@@ -147,6 +151,10 @@ class SearchLoop(_Records):
         self._followers: dict[str, list[Job]] = {}
         self._tells = 0
         self._asks = 0
+        self._restored = False           # the checkpoint has been loaded once (refresh: only when it moved)
+        self._history: dict[int, Any] = {}  # proposal id -> key (or choices) of the replayed history
+        self._history_last = 0           # the last trial id read into it
+        self._history_keys: Optional[bool] = None  # whether the store's keys are the controller's
         self._restore()
 
     # -- handing over, restoring -----------------------------------------------------------
@@ -158,10 +166,22 @@ class SearchLoop(_Records):
                 "settings": asdict(self.s), "reference": self.reference and self.reference.to_dict()}
 
     def _restore(self) -> None:
-        saved = self.store.checkpoint(CHECKPOINT_NAME)
-        if saved is not None:
-            state, self._tells, self._asks = saved
+        """Load the controller checkpoint (and the stop reason).
+
+        A controller that `replays_history` is checkpointed without its history (every
+        proposal's key, which grows with the run: controllers/base.py, "History"), so the
+        checkpoint written with every trial stays the same size; its history is rebuilt
+        here from the proposals the store holds (`Store.proposal_history`), exactly those
+        the checkpoint had made. A refresh loads the checkpoint only when it has moved
+        (another process drove the loop) and reads the store from the last trial read on.
+        """
+        counts = self.store.checkpoint_counts(CHECKPOINT_NAME)
+        if counts is not None and not (self._restored and counts == (self._tells, self._asks)):
+            state, self._tells, self._asks = self.store.checkpoint(CHECKPOINT_NAME)
             self.controller.load_state_dict(state)
+            if getattr(self.controller, "replays_history", False):
+                self._replay_history()
+        self._restored = True
         self.stop_reason = self.store.get_meta("stop_reason", "") or ""
         if self.stop_reason.startswith(CAP_REASON) and self._asks < self.s.max_proposals:
             self._stop("")  # resumed with more --trials: the cap on proposals has risen
@@ -171,8 +191,32 @@ class SearchLoop(_Records):
         with self.lock:
             self._restore()
 
+    def _replay_history(self) -> None:
+        """Give the controller the history its checkpoint leaves out. Keys come from the
+        store's key column when the controller's key function is the space's (checked on
+        one proposal: ~0.25 ms a decode, 5 s for 20,000), else from the choices."""
+        rows, self._history_last = self.store.proposal_history("search", self._history_last)
+        if self._history_keys is None and rows:
+            pid, choices, key = rows[0]
+            self._history_keys = (getattr(self.controller, "key_fn", None) == self.space.key
+                                  and choices is not None and self.space.key(choices) == key)
+        for pid, choices, key in rows:
+            self._history[pid] = key if self._history_keys else tuple(choices or ())
+        try:
+            if self._history_keys:
+                self.controller.replay_history((), keys=list(self._history.values()))
+            else:
+                self.controller.replay_history(list(self._history.values()))
+        except ValueError as exc:
+            raise UserError(f"{self.store.path.parent}: the controller checkpoint does not match the proposals "
+                            f"in the store ({exc}): the store was changed outside effnas") from None
+
     def _ckpt(self) -> Checkpoint:
-        return Checkpoint(CHECKPOINT_NAME, self.controller.state_dict(), self._tells, self._asks)
+        """The controller's state after an ask or a tell; without its history where the
+        controller can replay it (see `_restore`): a bounded size, however long the run."""
+        ctl = self.controller
+        state = ctl.state_dict(history=False) if getattr(ctl, "replays_history", False) else ctl.state_dict()
+        return Checkpoint(CHECKPOINT_NAME, state, self._tells, self._asks)
 
     # -- counts ----------------------------------------------------------------------------
     @property
@@ -329,16 +373,28 @@ class BatchSource(_Records):
     """Train a fixed list of specs once each, recorded as `kind` in the store.
 
     Resumable: specs already recorded are not trained again; pending ones re-run. Cost
-    is counted at `target_resolution` (default: each spec's own). `results()` returns
-    one TrialResult per spec, in the given order.
+    is counted at `target_resolution` (default: each spec's own). `overrides` (one dict
+    or None per spec) changes budget fields of single jobs (stage 2: the seed); `ids`
+    gives each job a stable proposal id (default: its index), so that batches that
+    differ can share a kind in one store. `results()` returns one TrialResult per spec,
+    in the given order.
     """
 
     def __init__(self, store: Store, specs: Sequence[Any], objective: Objective, kind: str = "grid",
-                 target_resolution: int | None = None, listeners: Sequence[Callable[[dict], None]] = ()) -> None:
+                 target_resolution: int | None = None, listeners: Sequence[Callable[[dict], None]] = (),
+                 overrides: Sequence[dict | None] | None = None, ids: Sequence[int] | None = None) -> None:
         self.store, self.kind, self.objective, self.listeners = store, kind, objective, list(listeners)
         self.target_resolution = target_resolution
         self.specs = list(specs)
-        self.jobs = [new_job(kind, i, spec, target_resolution) for i, spec in enumerate(self.specs)]
+        self.overrides = list(overrides) if overrides is not None else [None] * len(self.specs)
+        self.ids = [int(i) for i in ids] if ids is not None else list(range(len(self.specs)))
+        if len(self.overrides) != len(self.specs) or len(set(self.ids)) != len(self.specs):
+            raise ValueError("BatchSource needs one override and one distinct id per spec")
+        self.jobs = []
+        for pid, spec, extra in zip(self.ids, self.specs, self.overrides):
+            job = new_job(kind, pid, spec, target_resolution)
+            job.overrides = dict(extra) if extra else None
+            self.jobs.append(job)
         for job in self.jobs:
             row = store.trial(kind, job.proposal_id)
             if row is not None and row["key"] != job.key:
@@ -349,7 +405,8 @@ class BatchSource(_Records):
 
     def handover(self) -> dict:
         return {"type": "batch", "kind": self.kind, "specs": [s.to_dict() for s in self.specs],
-                "objective": asdict(self.objective), "target_resolution": self.target_resolution}
+                "objective": asdict(self.objective), "target_resolution": self.target_resolution,
+                "overrides": self.overrides, "ids": self.ids}
 
     def refresh(self) -> None:
         """Nothing to re-read: what is done is read from the store each time."""
@@ -393,10 +450,13 @@ class BatchSource(_Records):
 
     def results(self) -> list[TrialResult]:
         out = []
-        for job in self.jobs:
-            row = self.store.trial(self.kind, job.proposal_id)
+        for row in self.records():
             out.append(TrialResult(status="failed", message="not evaluated") if row is None else result_of(row))
         return out
+
+    def records(self) -> list[Optional[dict]]:
+        """The stored record of each job (None where it has none), in the given order."""
+        return [self.store.trial(self.kind, job.proposal_id) for job in self.jobs]
 
 
 def source_from_handover(state: dict, store: Store) -> Any:
@@ -409,7 +469,8 @@ def source_from_handover(state: dict, store: Store) -> Any:
         raise ValueError(f"not a job-source handover: {str(state)[:80]!r}")
     if state["type"] == "batch":
         return BatchSource(store, [ArchSpec.from_dict(s) for s in state["specs"]], Objective(**state["objective"]),
-                           kind=state["kind"], target_resolution=state.get("target_resolution"))
+                           kind=state["kind"], target_resolution=state.get("target_resolution"),
+                           overrides=state.get("overrides"), ids=state.get("ids"))
     space = SearchSpace.from_yaml_text(state["space"], source="the handed-over search space")
     settings = LoopSettings(**{**state["settings"], "cost_window": tuple(state["settings"]["cost_window"])})
     reference = ArchSpec.from_dict(state["reference"]) if state.get("reference") else None

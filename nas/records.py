@@ -50,6 +50,8 @@ def trial_record(job: Job, result: TrialResult, objective: Objective, *, told: b
     than 'trained'.
     """
     trained = source == "trained"
+    if job.overrides:  # what this job alone trained with (stage 2: its seed)
+        extra = {**(extra or {}), "overrides": dict(job.overrides)}
     if trained:
         result = checked(result)
         reward = objective.reward(result.accuracy, job.macs) if result.status == "ok" else None
@@ -59,14 +61,16 @@ def trial_record(job: Job, result: TrialResult, objective: Objective, *, told: b
                 epoch_accuracies=list(result.epoch_accuracies or []), loss=finite(result.loss),
                 images_per_sec=finite(result.images_per_sec), queued_at=job.queued_at, started_at=started_at,
                 finished_at=finished_at or time.time(), wall_time=result.wall_time if trained else None,
-                worker=worker, source=source, attempt=job.attempt if trained else 1, told=told, extra=extra)
+                worker=worker, source=source, attempt=job.attempt if trained else 1, told=told, extra=extra,
+                test_accuracy=finite(result.test_accuracy) if result.status == "ok" else None)
 
 
 def result_of(record: dict) -> TrialResult:
     """A stored record's measurements as a TrialResult (what a batch caller gets back)."""
     return TrialResult(status=record["status"], accuracy=record["accuracy"], loss=record.get("loss"),
                        epoch_accuracies=record.get("epoch_accuracies") or [], wall_time=record.get("wall_time") or 0.0,
-                       images_per_sec=record.get("images_per_sec"), message=record.get("message") or "")
+                       images_per_sec=record.get("images_per_sec"), message=record.get("message") or "",
+                       test_accuracy=record.get("test_accuracy"))
 
 
 def best_trial(rows: Iterable[dict]) -> Optional[dict]:

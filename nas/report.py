@@ -78,10 +78,59 @@ def write_best(row: dict, out_dir: str | Path, target_resolution: int) -> Path:
     return path
 
 
+DENSE_FROM = 1500  # trained trials from which pareto.png shows their density, not each point
+
+
+def pareto_front(rows: Sequence[dict]) -> list[dict]:
+    """The trials no other beats in both accuracy and MACs (fewer MACs, then higher
+    accuracy first), in order of MACs: the upper-left envelope of the plot."""
+    front: list[dict] = []
+    for r in sorted(rows, key=lambda r: (r["macs"], -r["accuracy"])):
+        if not front or r["accuracy"] > front[-1]["accuracy"]:
+            front.append(r)
+    return front
+
+
+def _plot_trials(fig: Any, ax: Any, ok: list, bad: list, skipped: list, lo: float, hi: float,
+                 ylo: float, yhi: float) -> None:
+    """The trials of `plot_pareto`, readable from ten to 20,000 of them: points (fainter and
+    smaller as they get many) or, from DENSE_FROM on, their density as hexagons on a log
+    colour scale; the Pareto front on top. Failed and skipped ones are ticks at the bottom,
+    fainter when many. Large collections are rasterized (the PNG stays small either way)."""
+    import numpy as np
+
+    n = len(ok)
+    if ok:
+        xs = np.array([r["macs"] / 1e6 for r in ok])
+        ys = np.array([r["accuracy"] for r in ok])
+        if n >= DENSE_FROM:
+            cells = ax.hexbin(xs, ys, xscale="log", gridsize=(60, 30), bins="log", mincnt=1, cmap="Blues",
+                              extent=(np.log10(lo), np.log10(hi), ylo, yhi), linewidths=0.2, zorder=2,
+                              label=f"trained ({n}), density")
+            fig.colorbar(cells, ax=ax, pad=0.01, fraction=0.04).set_label("trained trials per cell", fontsize=7)
+        else:
+            ax.scatter(xs, ys, s=22 if n <= 300 else 10, c="tab:blue", alpha=max(0.25, min(0.8, 0.8 * (300 / n) ** 0.5)),
+                       edgecolors="none", label=f"trained ({n})", zorder=3, rasterized=n > 300)
+        front = pareto_front(ok)
+        ax.step([r["macs"] / 1e6 for r in front], [r["accuracy"] for r in front], where="post", c="tab:red",
+                lw=1.4, zorder=5, label=f"Pareto front ({len(front)} trials)")
+        ax.scatter([r["macs"] / 1e6 for r in front], [r["accuracy"] for r in front], s=14, c="tab:red", zorder=5)
+    for group, kw in ((bad, dict(marker="x", c="tab:red", label=f"failed/timeout ({len(bad)})", zorder=3)),
+                      (skipped, dict(marker="|", c="0.6", label=f"outside cost window, not trained ({len(skipped)})",
+                                     zorder=2))):
+        if group:
+            many = len(group) > 300
+            ax.scatter([r["macs"] / 1e6 for r in group], [ylo + 0.005] * len(group), s=10 if many else 30,
+                       alpha=max(0.15, min(1.0, (300 / len(group)) ** 0.5)), rasterized=many, **kw)
+
+
 def plot_pareto(rows: Sequence[dict], path: str | Path, target: int, alpha: float, beta: float,
-                best: Optional[dict] = None, reference: Optional[dict] = None, window: tuple | None = None) -> None:
-    """Validation accuracy against MACs: every trained trial, reward iso-lines, the target
-    (and cost window), the best circled, the reference B0 marked."""
+                best: Optional[dict] = None, reference: Optional[dict] = None, window: tuple | None = None,
+                final: Optional[dict] = None) -> None:
+    """Validation accuracy against MACs: every trained trial (their density from
+    DENSE_FROM on) with the Pareto front on top, reward iso-lines, the target
+    (and cost window), the best circled, the reference B0 marked; with `final` (a
+    `nas.final.summarize` result) the stage-2 test accuracies, mean ± sd over seeds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -95,18 +144,12 @@ def plot_pareto(rows: Sequence[dict], path: str | Path, target: int, alpha: floa
     skipped = [r for r in rows if r.get("source") == "cost-only"]
     macs_all = [r["macs"] for r in rows if r.get("macs")] + [target]
     lo, hi = min(macs_all) * 0.8 / 1e6, max(macs_all) * 1.2 / 1e6
+    staged = [c for c in (final or {}).get("candidates", []) if c["test"]["mean"] is not None]
     accs = [r["accuracy"] for r in ok] + ([reference["accuracy"]] if reference and reference.get("accuracy") else [])
+    accs += [c["test"]["mean"] - c["test"]["sd"] for c in staged] + [c["test"]["mean"] + c["test"]["sd"] for c in staged]
     ylo = max(0.0, min(accs) - 0.1) if accs else 0.0
     yhi = min(1.0, max(accs) + 0.08) if accs else 1.0
-    if ok:
-        ax.scatter([r["macs"] / 1e6 for r in ok], [r["accuracy"] for r in ok], s=22, c="tab:blue",
-                   alpha=0.8, label=f"trained ({len(ok)})", zorder=3)
-    if bad:
-        ax.scatter([r["macs"] / 1e6 for r in bad], [ylo + 0.005] * len(bad), marker="x", c="tab:red",
-                   label=f"failed/timeout ({len(bad)})", zorder=3)
-    if skipped:
-        ax.scatter([r["macs"] / 1e6 for r in skipped], [ylo + 0.005] * len(skipped), marker="|", c="0.6",
-                   label=f"outside cost window, not trained ({len(skipped)})", zorder=2)
+    _plot_trials(fig, ax, ok, bad, skipped, lo, hi, ylo, yhi)
     xs = np.geomspace(max(lo, 1e-3), hi, 200)
     best_reward = best["reward"] if best and best.get("reward") else None
     w = np.where(xs * 1e6 <= target, alpha, beta)
@@ -127,6 +170,10 @@ def plot_pareto(rows: Sequence[dict], path: str | Path, target: int, alpha: floa
     if reference and reference.get("accuracy") is not None:
         ax.scatter([reference["macs"] / 1e6], [reference["accuracy"]], marker="*", s=160, c="tab:purple",
                    label=f"EfficientNet-B0: {reference['accuracy']:.3f} @ {reference['macs'] / 1e6:.0f}M", zorder=4)
+    if staged:
+        ax.errorbar([c["macs"] / 1e6 for c in staged], [c["test"]["mean"] for c in staged],
+                    yerr=[c["test"]["sd"] for c in staged], fmt="D", ms=6, c="tab:green", capsize=4, zorder=5,
+                    label=f"stage 2 on test: mean ± sd over {len(final['seeds'])} fresh seeds")
     ax.set_xscale("log")
     ax.set_xlim(lo, hi)
     plain = matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}")
@@ -135,7 +182,8 @@ def plot_pareto(rows: Sequence[dict], path: str | Path, target: int, alpha: floa
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_ylim(ylo, yhi)
     ax.set_xlabel("multiply-adds (millions, at the target resolution)")
-    ax.set_ylabel("proxy validation accuracy")
+    ax.set_ylabel("proxy accuracy (search-validation; stage 2: test)" if staged else
+                  "proxy accuracy (search-validation)")
     ax.set_title("Search: accuracy vs multiply-adds")
     ax.grid(alpha=0.25, which="both")
     ax.legend(fontsize=7, loc="lower right")
@@ -154,14 +202,14 @@ def _fmt(v: Any, spec: str = ".4f") -> str:
 
 def summary_table(best: Optional[dict], reference: Optional[dict], counts: dict[str, int], target: int,
                   wall: float, out_dir: str | Path, family: Optional[Sequence[dict]] = None,
-                  stop_reason: str = "") -> str:
+                  stop_reason: str = "", final: Optional[str] = None) -> str:
     """The closing summary printed on stdout (Markdown-ish, readable in a terminal)."""
     lines = [f"Search finished in {wall / 60:.1f} min: {counts.get('trained', 0)} trained "
              f"({counts.get('failed', 0)} failed), {counts.get('cost-only', 0)} outside the cost window, "
              f"{counts.get('cache', 0)} cached.  Results in {out_dir}/"]
     if stop_reason:
         lines.append(f"Note: {stop_reason}")
-    lines += ["", "| model | accuracy (proxy) | MACs | params | reward | within target |",
+    lines += ["", "| model | search-val accuracy (proxy, 1 seed) | MACs | params | reward | within target |",
               "|---|---|---|---|---|---|"]
     for name, r in (("B0 found", best), ("EfficientNet-B0", reference)):
         if r is None:
@@ -170,6 +218,8 @@ def summary_table(best: Optional[dict], reference: Optional[dict], counts: dict[
                      f"{_fmt(r.get('reward'))} | {'yes' if r['macs'] <= target else 'no'} |")
     if best is None:
         lines.append("| B0 found | no trial finished ok | | | | |")
+    if final:
+        lines += ["", "Stage 2 (fresh seeds; B0 chosen on search-validation, judged on test):", final.rstrip()]
     if best is not None:
         from search_space.spec import ArchSpec
         spec = ArchSpec.from_dict(best["spec"])

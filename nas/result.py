@@ -24,6 +24,7 @@ class TrialResult:
     wall_time: float = 0.0
     images_per_sec: float | None = None
     message: str = ""
+    test_accuracy: float | None = None   # only when the budget asked for it (stage 2)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -12,6 +12,7 @@ run. Bad input ends with one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -22,11 +23,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from nas import config as cfg
-from nas.engine import EngineError
 from nas.errors import UserError
 
 PROG = "effnas-search"
-OUTPUT_FILES = ("search.db", "search.db-wal", "search.db-shm", "best.yaml", "trials.csv", "pareto.png")
+OUTPUT_FILES = ("search.db", "search.db-wal", "search.db-shm", "best.yaml", "trials.csv", "pareto.png", "final.md",
+                "final.csv")
 OUTPUT_DIRS = ("tb", "family", "nni", "grid")
 
 
@@ -89,17 +90,7 @@ def controller_recipe(opts: dict, space: Any) -> Any:
 
 
 def _device(opts: dict) -> str:
-    want = opts["device"]
-    if want == "cpu":
-        return "cpu"
-    try:
-        import torch
-        ok = torch.cuda.is_available()
-    except Exception:
-        ok = False
-    if want == "cuda" and not ok:
-        raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    return "cuda" if ok else "cpu"
+    return cfg.device_option(opts["device"])
 
 
 def validate(opts: dict, given: set, stored: Optional[dict] = None) -> Setup:
@@ -196,14 +187,8 @@ def _check_data(budget: Any, opts: dict, elsewhere: bool = False) -> int:
         raise UserError(f"--data-dir {budget.data_dir}: no such folder")
     if opts["evaluator"] != cfg.DEFAULTS["evaluator"]:
         return NUM_CLASSES.get(budget.dataset, 10)
-    try:
-        from nas import data
-        loaded = data.load(dataclasses.replace(budget, device="cpu"))
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise UserError(f"--dataset {budget.dataset}: cannot load it ({str(exc).splitlines()[0]})") from None
-    n = int(loaded.num_classes)
+    from nas import data
+    n = int(data.load_checked(budget).num_classes)
     data.clear_cache()
     return max(2, n)
 
@@ -223,7 +208,6 @@ def _prepare_out(opts: dict) -> None:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    from nas.engine import sigterm_as_interrupt
     from nas.store import Store
 
     t0 = time.time()
@@ -237,6 +221,19 @@ def run(argv: Sequence[str] | None = None) -> int:
         opts = cfg.merge_resume(stored, opts, given)
         opts["resume"] = True
     setup = validate(opts, given, stored)
+    from nas import lock
+    lock.acquire(opts["out"], "the search")  # one owner per run folder, while it runs
+    try:
+        with io_errors_as_run_errors(opts["out"]):
+            return _open_and_search(setup, opts, stored, t0)
+    finally:
+        lock.release(opts["out"])
+
+
+def _open_and_search(setup: Setup, opts: dict, stored: Optional[dict], t0: float) -> int:
+    from nas.engine import sigterm_as_interrupt
+    from nas.store import Store
+
     _prepare_out(opts)
     record = cfg.for_record({k: v for k, v in opts.items() if not k.startswith("_")})
     if stored is None:
@@ -254,6 +251,25 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         store.close()
+
+
+@contextlib.contextmanager
+def io_errors_as_run_errors(out: str):
+    """A full disk, a read-only or unwritable folder: one line naming what failed where, and
+    the way on (`RunIOError`), never a traceback. The store stays resumable: every write
+    is one transaction, and the engines stop their workers on the way out."""
+    import sqlite3
+
+    from nas.errors import RunIOError
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or out
+        raise RunIOError(f"cannot write {where}: {exc.strerror or exc}; the store is intact: fix it (free "
+                         f"space, permissions) and continue with --resume --out {out}") from None
+    except sqlite3.OperationalError as exc:
+        raise RunIOError(f"cannot write {Path(out) / 'search.db'}: {exc}; the store is intact: fix it (free "
+                         f"space, permissions) and continue with --resume --out {out}") from None
 
 
 def _interrupted(store: Any, setup: Setup) -> None:
@@ -297,6 +313,16 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
     best = loop.best()
     reference = store.trial("reference", 0)
     _write_outputs(store, out, setup, best, reference)
+    final = None
+    if not interrupted and best is not None and not opts.get("no_final"):
+        try:
+            final = _stage2(setup, store, out)
+        except KeyboardInterrupt:
+            interrupted = True
+        if final is not None and final["chosen"] >= 0:  # B0 is the stage-2 winner
+            best = store.trial("search", store_trial_proposal(rows, final["candidates"][final["chosen"]]["trial"]))
+            report.write_best(best, out, setup.settings.target_resolution)
+            _write_outputs(store, out, setup, best, reference, final)
     if interrupted:
         if tb:
             tb.close()
@@ -314,7 +340,7 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
               "failed": sum(1 for r in rows if r["kind"] == "search" and r["source"] == "trained" and r["status"] != "ok")}
     store.set_meta("state", "finished")
     print(report.summary_table(best, reference, counts, setup.settings.target, time.time() - t0, out, family,
-                               loop.stop_reason))
+                               loop.stop_reason, final and _final_text(final, setup)))
     if best is None:
         print(f"{PROG}: no trial finished ok, so there is no B0 (see {out}/trials.csv)", file=sys.stderr)
         return 1
@@ -339,7 +365,8 @@ def _refresh_files(store: Any, out: Path, setup: Setup):
     return listener
 
 
-def _write_outputs(store: Any, out: Path, setup: Setup, best: Optional[dict], reference: Optional[dict]) -> None:
+def _write_outputs(store: Any, out: Path, setup: Setup, best: Optional[dict], reference: Optional[dict],
+                   final: Optional[dict] = None) -> None:
     from nas import report
     rows = store.trials()
     report.write_trials_csv(rows, out / "trials.csv")
@@ -347,9 +374,58 @@ def _write_outputs(store: Any, out: Path, setup: Setup, best: Optional[dict], re
         report.write_best(best, out, setup.settings.target_resolution)
     try:
         report.plot_pareto([r for r in rows if r["kind"] == "search"], out / "pareto.png", setup.settings.target,
-                           setup.settings.alpha, setup.settings.beta, best, reference, setup.settings.cost_window)
+                           setup.settings.alpha, setup.settings.beta, best, reference, setup.settings.cost_window,
+                           final=final)
     except Exception as exc:  # noqa: BLE001 - a plot must not lose a finished search
         print(f"warning: pareto.png not written ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+
+def store_trial_proposal(rows: list, trial_id: int) -> int:
+    """The proposal id of the search record with this trial id."""
+    return next(r["proposal_id"] for r in rows if r["id"] == trial_id)
+
+
+def _stage2(setup: Setup, store: Any, out: Path) -> Optional[dict]:
+    """Stage 2 (`nas.final`) on the search's engine and store: top-k and the reference on
+    fresh seeds, B0 chosen on search-validation, the verdict on test; resumable."""
+    from nas import final as stage2
+    from nas import report
+
+    opts = setup.opts
+    try:
+        candidates = stage2.top_candidates(store.trials("search", "trained"), int(opts["final_top_k"]),
+                                           opts.get("_final_candidates"))
+    except ValueError as exc:
+        raise UserError(f"--candidates: {exc}") from None
+    if setup.reference is not None:
+        candidates.append(stage2.Candidate(setup.reference.name or "reference", setup.reference))
+    seeds = opts.get("_final_seed_list") or stage2.fresh_seeds(int(opts["seed"]), int(opts["final_seeds"]))
+    budget = stage2.final_budget(setup.budget, float(opts["final_epochs"]), opts.get("final_resolution"))
+    ctx = dataclasses.replace(setup.ctx, budget=budget)
+    objective = setup.settings.objective
+    progress = report.Progress(len(candidates) * len(seeds), kind=stage2.KIND,
+                               enabled=not (opts.get("no_progress") or opts.get("quiet")))
+    source = stage2.final_source(store, candidates, seeds, ctx, objective, setup.settings.target_resolution,
+                                 listeners=[progress, _refresh_files(store, out, setup)])
+    stored = sum(r is not None for r in source.records())
+    progress.done = stored
+    _log(opts, f"stage 2: {len(candidates)} architectures x {len(seeds)} fresh seeds {seeds}, "
+               f"{budget.epochs:g} epochs at {budget.resolution}px, scored on search-validation and test"
+               + (f" ({stored} of {len(source.jobs)} runs already stored)" if stored else ""))
+    try:
+        setup.engine.run(source, ctx)
+    finally:
+        progress.close()
+    summary = stage2.summarize(candidates, seeds, source.records(), objective)
+    stage2.write_outputs(summary, out, budget, objective)
+    return summary
+
+
+def _final_text(final: dict, setup: Setup) -> str:
+    from nas import final as stage2
+    text = stage2.markdown(final, stage2.final_budget(setup.budget, float(setup.opts["final_epochs"]),
+                                                      setup.opts.get("final_resolution")))
+    return "\n".join(text.splitlines()[2:])  # without its title
 
 
 def _hand_off(setup: Setup, store: Any, best: dict) -> Optional[list]:
@@ -403,17 +479,8 @@ def _grid(setup: Setup, store: Any, b0: Any) -> tuple[float, float, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status (2 for bad input)."""
-    try:
-        return run(argv)
-    except UserError as exc:
-        print(f"{PROG}: error: {str(exc).splitlines()[0] if str(exc) else 'bad input'}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except EngineError as exc:
-        print(f"{PROG}: engine stopped: {exc} (the run can be continued with --resume)", file=sys.stderr)
-        return 1
+    from nas.errors import cli_main
+    return cli_main(PROG, lambda: run(argv))
 
 
 if __name__ == "__main__":

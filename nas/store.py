@@ -22,6 +22,30 @@ Tables
   trials(...)                   one row per finished trial (see `TRIAL_COLUMNS`)
   pending(...)                  jobs asked but not finished (re-queued on resume)
   checkpoints(name, ...)        latest controller state per name, with counts
+  checkpoint_data(name, digest, data)  large tensor bytes of checkpoints, by content (below)
+  trial_counts(kind, source, n) trials per kind and source, kept by triggers
+
+Scale: nothing written or read per trial grows with the number of trials (a run of
+20,000 trials must not slow down). Hence:
+- `count` reads `trial_counts`, which triggers on `trials` keep exact in the inserting
+  transaction (a COUNT(*) scans every matching row, and the loop counts with every ask);
+  `trials(kind, source)` uses the index (kind, source), `find_key` (kind, key), forced
+  with INDEXED BY; `proposal_history` reads a range of ids;
+- a controller checkpoint is bounded: the controllers leave their history (the keys of
+  every proposal, which grows with the run) out of the state the loop writes, and rebuild
+  it on resume from this store, which holds every proposal's choices and key already
+  (`proposal_history`; see controllers/base.py, "History": why a replay rather than a
+  table of keys);
+- a checkpoint's large tensors (the RL policy and its Adam moments, ~1.3 MB in all;
+  each tensor of 32 KiB or more) are stored once per content in `checkpoint_data`,
+  keyed by (checkpoint name, BLAKE2b digest); the checkpoint row holds the rest of the
+  blob (header, small tensors such as the generator state, which changes with every
+  ask) and `data_parts`, the [offset, digest] of each chunk left out. The policy
+  changes only every few tells, so most checkpoints write a few KB instead of 1.3 MB
+  (7.7 ms a write here). Chunks no longer used are deleted in the same transaction.
+Stores made before these additions gain them when opened (`Store.open`: indexes,
+tables, triggers and column IF NOT EXISTS, the counts filled from `trials`, in one
+transaction; nothing is written when they are there already).
 
 Checkpoints hold no pickle: no code runs from a run directory. Whoever can write a run
 directory could otherwise make the next `--resume` execute anything (unpickling calls
@@ -39,7 +63,9 @@ wrapped as {"$dict": {...}}, so every state reads back equal to what was written
 Why raw bytes and not `torch.save`/`torch.load(weights_only=True)`: that is still an
 unpickler, restricted but with a history of bypasses; raw bytes plus JSON cannot run code
 by construction, keep floats bit-exact (exact resume) and cost no base64 or float
-printing (an RL checkpoint, ~1 MB, is written with every ask and every tell).
+printing (an RL checkpoint, ~1.3 MB, is encoded with every ask and every tell). In the
+store the blob is kept as two parts: the row holds everything up to the tensor bytes,
+`checkpoint_data` the bytes (see "Scale"); `Store.checkpoint` joins them again.
 `decode_state` refuses anything else (an old pickled checkpoint, another format or
 version, a damaged blob) and `Store.checkpoint` turns that into a one-line `UserError`.
 There is no migration: a run with a pickled checkpoint is not resumed (loading it is the
@@ -52,6 +78,7 @@ that exists already keeps its permissions: it is theirs.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -89,6 +116,7 @@ TRIAL_COLUMNS = (
     "told",               # 1 when the controller was told this trial
     "attempt",            # 1 + times the job was re-queued (resume)
     "extra",              # JSON dict, engine-specific (e.g. NNI trial id)
+    "test_accuracy",      # stage 2 only: accuracy on the held-out test part (nas.final)
 )
 
 _SCHEMA = """
@@ -101,7 +129,7 @@ CREATE TABLE IF NOT EXISTS trials (
     epoch_accuracies TEXT, loss REAL, images_per_sec REAL,
     queued_at REAL, started_at REAL, finished_at REAL, wall_time REAL,
     worker TEXT, source TEXT NOT NULL, told INTEGER NOT NULL DEFAULT 0,
-    attempt INTEGER NOT NULL DEFAULT 1, extra TEXT,
+    attempt INTEGER NOT NULL DEFAULT 1, extra TEXT, test_accuracy REAL,
     UNIQUE (kind, proposal_id)
 );
 CREATE INDEX IF NOT EXISTS trials_key ON trials (kind, key);
@@ -112,9 +140,30 @@ CREATE TABLE IF NOT EXISTS pending (
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     name TEXT PRIMARY KEY, state BLOB NOT NULL, tells INTEGER NOT NULL,
-    asks INTEGER NOT NULL, saved_at REAL NOT NULL
+    asks INTEGER NOT NULL, saved_at REAL NOT NULL, data_parts TEXT
 );
 """
+
+# Added for runs of many trials (module docstring, "Scale"); `create` makes them and
+# `open` adds those an older store lacks. Each statement is idempotent.
+_SCALE_SCHEMA = (
+    "CREATE INDEX IF NOT EXISTS trials_source ON trials (kind, source)",
+    "CREATE TABLE IF NOT EXISTS trial_counts (kind TEXT NOT NULL, source TEXT NOT NULL, "
+    "n INTEGER NOT NULL, PRIMARY KEY (kind, source))",
+    "CREATE TRIGGER IF NOT EXISTS trial_counts_insert AFTER INSERT ON trials BEGIN "
+    "INSERT INTO trial_counts (kind, source, n) VALUES (NEW.kind, NEW.source, 1) "
+    "ON CONFLICT (kind, source) DO UPDATE SET n = n + 1; END",
+    "CREATE TRIGGER IF NOT EXISTS trial_counts_delete AFTER DELETE ON trials BEGIN "
+    "UPDATE trial_counts SET n = n - 1 WHERE kind = OLD.kind AND source = OLD.source; END",
+    "CREATE TRIGGER IF NOT EXISTS trial_counts_update AFTER UPDATE OF kind, source ON trials BEGIN "
+    "UPDATE trial_counts SET n = n - 1 WHERE kind = OLD.kind AND source = OLD.source; "
+    "INSERT INTO trial_counts (kind, source, n) VALUES (NEW.kind, NEW.source, 1) "
+    "ON CONFLICT (kind, source) DO UPDATE SET n = n + 1; END",
+    "CREATE TABLE IF NOT EXISTS checkpoint_data (name TEXT NOT NULL, digest TEXT NOT NULL, "
+    "data BLOB NOT NULL, PRIMARY KEY (name, digest))",
+)
+_SCALE_NAMES = frozenset({"trials_source", "trial_counts", "trial_counts_insert", "trial_counts_delete",
+                          "trial_counts_update", "checkpoint_data"})
 
 _JSON_COLUMNS = ("choices", "spec", "epoch_accuracies", "extra")
 
@@ -139,8 +188,21 @@ def _dtypes() -> dict[str, Any]:
 def encode_state(state: Any) -> bytes:
     """`state` (plain data and CPU tensors) as a checkpoint blob; TypeError names the
     first value that is not plain data (a controller bug: found when it is written)."""
-    import torch
-    names = {v: k for k, v in _dtypes().items()}
+    head, chunks = encode_state_parts(state)
+    return b"".join([head, *chunks])
+
+
+_FLAT = frozenset({int, float, str, bool, type(None)})
+
+
+def encode_state_parts(state: Any) -> tuple[bytes, list[bytes]]:
+    """`encode_state(state)` as (head, chunks): the tag, length and JSON header, then
+    each tensor's raw bytes; their concatenation is the blob. The store keeps large
+    chunks apart, by content, so an unchanged policy is not written again."""
+    # No tensor can exist where torch was never imported: a state without tensors
+    # (evolution, random) is then encoded without importing it (~0.8 s of a resume).
+    torch = sys.modules.get("torch")
+    names = {v: k for k, v in _dtypes().items()} if torch is not None else {}
     tensors: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     offset = 0
@@ -154,6 +216,8 @@ def encode_state(state: Any) -> bytes:
         if isinstance(obj, float):
             return float(obj)
         if isinstance(obj, list):
+            if _FLAT.issuperset(map(type, obj)):  # a list of scalars (choices, keys): as is
+                return list(obj)
             return [enc(v, f"{where}[{i}]") for i, v in enumerate(obj)]
         if isinstance(obj, tuple):
             return {_TAG_TUPLE: [enc(v, f"{where}[{i}]") for i, v in enumerate(obj)]}
@@ -164,7 +228,7 @@ def encode_state(state: Any) -> bytes:
                     raise TypeError(f"{where}: dict key {k!r} is not a str")
                 out[k] = enc(v, f"{where}[{k!r}]")
             return {_TAG_DICT: out} if len(out) == 1 and next(iter(out)).startswith("$") else out
-        if isinstance(obj, torch.Tensor):
+        if torch is not None and isinstance(obj, torch.Tensor):
             if obj.device.type != "cpu" or obj.layout != torch.strided or obj.dtype not in names:
                 raise TypeError(f"{where}: tensor ({obj.dtype}, {obj.device}, {obj.layout}) is not a "
                                 "dense CPU tensor of a supported dtype")
@@ -181,7 +245,7 @@ def encode_state(state: Any) -> bytes:
     header = json.dumps({"byteorder": sys.byteorder, "state": encoded, "tensors": tensors},
                         separators=(",", ":")).encode()
     tag = CHECKPOINT_FORMAT + b" " + str(CHECKPOINT_VERSION).encode() + b"\n"
-    return b"".join([tag, _HEADER.pack(len(header)), header, *chunks])
+    return b"".join([tag, _HEADER.pack(len(header)), header]), chunks
 
 
 def decode_state(blob: bytes) -> Any:
@@ -209,8 +273,6 @@ def decode_state(blob: bytes) -> Any:
 
 
 def _decode_body(body: bytes) -> Any:
-    import torch
-    dtypes = _dtypes()
     (n,) = _HEADER.unpack_from(body)
     start = _HEADER.size + n
     if start > len(body):
@@ -220,6 +282,9 @@ def _decode_body(body: bytes) -> Any:
     if head["byteorder"] != sys.byteorder:
         raise ValueError(f"written on a {head['byteorder']}-endian machine")
     tensors = []
+    if head["tensors"]:  # torch is imported only for a state that holds tensors
+        import torch
+        dtypes = _dtypes()
     for meta in head["tensors"]:
         dtype = dtypes[meta["dtype"]]
         shape, offset, nbytes = meta["shape"], meta["offset"], meta["nbytes"]
@@ -279,6 +344,14 @@ def _make_dirs(path: Path) -> None:
         raise NotADirectoryError(f"{path}: not a folder")
 
 
+EXTERNAL_MIN = 32 * 1024  # tensor bytes from which a chunk is kept in checkpoint_data
+
+
+def _digest(data: bytes) -> str:
+    """Content address of a checkpoint's tensor bytes (128-bit BLAKE2b, hex)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 class Checkpoint(tuple):
     """(name, state, tells, asks): what to write with a transaction."""
 
@@ -296,6 +369,8 @@ class Store:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA busy_timeout=60000")
+        # checkpoint name -> {tensor index: (bytes, digest)} of the large chunks last written
+        self._last_chunks: dict[str, dict[int, tuple[bytes, str]]] = {}
 
     # -- opening -----------------------------------------------------------------------
     @staticmethod
@@ -319,6 +394,32 @@ class Store:
         return row is not None
 
     @classmethod
+    def unreadable(cls, out_dir: str | Path) -> str | None:
+        """Why `out_dir/search.db` exists but is no readable store (damaged, foreign, another
+        version), or None. Read-only: the file is never touched."""
+        path = cls.db_path(out_dir)
+        if not path.exists():
+            return None
+        if not path.is_file():
+            return "it is not a file"
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+            try:
+                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                if not tables:
+                    return None  # an empty file: a run killed while it was being created
+                if "meta" not in tables or "trials" not in tables:
+                    return "it is an SQLite database of something else"
+                row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if row is not None and row[0] != str(SCHEMA_VERSION):
+            return f"its schema version is {row[0]}, this effnas reads {SCHEMA_VERSION}"
+        return None
+
+    @classmethod
     def create(cls, out_dir: str | Path, config: dict[str, Any]) -> "Store":
         """A new run's store; the schema and the config are written in one transaction,
         so a store without a config (a kill during creation) is never taken for a run."""
@@ -338,6 +439,8 @@ class Store:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     store._conn.execute(statement)
+            for statement in _SCALE_SCHEMA:
+                store._conn.execute(statement)
             store._put_meta({"schema": str(SCHEMA_VERSION), "config": json.dumps(config, sort_keys=True),
                              "created": repr(time.time()), "state": "running"})
         return store
@@ -353,7 +456,36 @@ class Store:
         if schema != str(SCHEMA_VERSION):
             store.close()
             raise UserError(f"{out_dir}: store schema {schema} is not supported (expected {SCHEMA_VERSION})")
+        store._add_columns()
+        store._add_scale_schema()
         return store
+
+    def _add_scale_schema(self) -> None:
+        """Give a store made before them the indexes, counts and checkpoint data table
+        (module docstring, "Scale"); one transaction, and no write when all is there."""
+        def missing() -> tuple[set, bool]:
+            names = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master")}
+            cols = {r[1] for r in self._conn.execute("PRAGMA table_info(checkpoints)")}
+            return _SCALE_NAMES - names, "data_parts" not in cols
+        if missing() == (set(), False):
+            return
+        with self._write():
+            lacking, no_parts = missing()  # again under the lock: another process may have done it
+            if "trial_counts" in lacking:
+                self._conn.execute(_SCALE_SCHEMA[1])
+                self._conn.execute("INSERT INTO trial_counts (kind, source, n) "
+                                   "SELECT kind, source, COUNT(*) FROM trials GROUP BY kind, source")
+            for statement in _SCALE_SCHEMA:
+                self._conn.execute(statement)
+            if no_parts:
+                self._conn.execute("ALTER TABLE checkpoints ADD COLUMN data_parts TEXT")
+
+    def _add_columns(self) -> None:
+        """Columns added since schema 1 was first written (older stores gain them, empty)."""
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(trials)")}
+        if "test_accuracy" not in have:
+            with self._write():
+                self._conn.execute("ALTER TABLE trials ADD COLUMN test_accuracy REAL")
 
     def close(self) -> None:
         try:
@@ -415,19 +547,70 @@ class Store:
         self.set_meta("config", json.dumps(config, sort_keys=True))
 
     # -- checkpoints -------------------------------------------------------------------
-    @staticmethod
-    def _encode_checkpoint(ckpt: Checkpoint | None) -> tuple | None:
-        """The checkpoint row, encoded before the transaction (no lock held meanwhile)."""
+    def _encode_checkpoint(self, ckpt: Checkpoint | None) -> tuple | None:
+        """The checkpoint row, encoded before the transaction (no lock held meanwhile):
+        (name, row bytes, tells, asks, parts, chunks). Tensors of EXTERNAL_MIN bytes or
+        more leave the row for `checkpoint_data`: `parts` lists [offset in the blob,
+        digest] for each, `chunks` maps digest to bytes. A chunk equal to the one this
+        store last wrote at the same place reuses its digest (a memcmp, not a hash)."""
         if ckpt is None:
             return None
         name, state, tells, asks = ckpt
-        return name, sqlite3.Binary(encode_state(state)), tells, asks
+        head, chunks = encode_state_parts(state)
+        last, now = self._last_chunks.get(name, {}), {}
+        inline, parts, external, offset = [head], [], {}, len(head)
+        for i, chunk in enumerate(chunks):
+            if len(chunk) >= EXTERNAL_MIN:
+                prev = last.get(i)
+                digest = prev[1] if prev is not None and prev[0] == chunk else _digest(chunk)
+                now[i] = (chunk, digest)
+                parts.append([offset, digest])
+                external[digest] = chunk
+            else:
+                inline.append(chunk)
+            offset += len(chunk)
+        self._last_chunks[name] = now
+        return name, b"".join(inline), tells, asks, parts, external
 
     def _put_checkpoint(self, row: tuple | None) -> None:
-        if row is not None:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO checkpoints (name, state, tells, asks, saved_at) VALUES (?, ?, ?, ?, ?)",
-                (*row, time.time()))
+        """Write the row; add the external chunks `checkpoint_data` lacks for this name and
+        drop those no longer used (both in the caller's transaction)."""
+        if row is None:
+            return
+        name, data, tells, asks, parts, external = row
+        have = {r[0] for r in self._conn.execute("SELECT digest FROM checkpoint_data WHERE name=?", (name,))}
+        for digest, chunk in external.items():
+            if digest not in have:
+                self._conn.execute("INSERT INTO checkpoint_data (name, digest, data) VALUES (?, ?, ?)",
+                                   (name, digest, sqlite3.Binary(chunk)))
+        for digest in have - external.keys():
+            self._conn.execute("DELETE FROM checkpoint_data WHERE name=? AND digest=?", (name, digest))
+        self._conn.execute(
+            "INSERT OR REPLACE INTO checkpoints (name, state, tells, asks, saved_at, data_parts) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (name, sqlite3.Binary(data), tells, asks, time.time(), json.dumps(parts) if parts else None))
+
+    def _blob(self, name: str, data: bytes, parts_json: str | None) -> bytes:
+        """The checkpoint blob again: the row's bytes with the external chunks put back at
+        their offsets, each checked against its digest."""
+        if not parts_json:
+            return data
+        try:
+            parts = json.loads(parts_json)
+            stored = dict(self._conn.execute("SELECT digest, data FROM checkpoint_data WHERE name=?", (name,)))
+            out, used, length = [], 0, 0
+            for offset, digest in parts:
+                chunk = bytes(stored[digest])
+                if _digest(chunk) != digest or offset < length:
+                    raise ValueError("altered")
+                out.append(data[used:used + offset - length])
+                used, length = used + offset - length, offset + len(chunk)
+                out.append(chunk)
+            out.append(data[used:])
+            return b"".join(out)
+        except (ValueError, TypeError, KeyError):
+            raise CheckpointFormatError("is damaged (its tensor data is missing or altered) "
+                                        "and is not loaded") from None
 
     def checkpoint(self, name: str = "controller") -> tuple[Any, int, int] | None:
         """(state, tells, asks) of the latest checkpoint called `name`, or None.
@@ -435,15 +618,22 @@ class Store:
         A blob that is not this format (an old pickle included) is never unpickled:
         `UserError`, one line saying so and how to go on.
         """
-        row = self._conn.execute("SELECT state, tells, asks FROM checkpoints WHERE name=?", (name,)).fetchone()
+        row = self._conn.execute("SELECT state, tells, asks, data_parts FROM checkpoints WHERE name=?",
+                                 (name,)).fetchone()
         if row is None:
             return None
         try:
-            state = decode_state(row[0])
+            state = decode_state(self._blob(name, bytes(row[0]), row[3]))
         except CheckpointFormatError as exc:
             raise UserError(f"{self.path.parent}: controller checkpoint {name!r} {exc}; "
                             "start a new run with another --out") from None
         return state, int(row[1]), int(row[2])
+
+    def checkpoint_counts(self, name: str = "controller") -> tuple[int, int] | None:
+        """(tells, asks) of the latest checkpoint called `name`, or None; reads no state
+        (a poller learns whether the checkpoint moved without decoding 1.3 MB)."""
+        row = self._conn.execute("SELECT tells, asks FROM checkpoints WHERE name=?", (name,)).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
 
     # -- pending jobs ------------------------------------------------------------------
     def add_pending(self, kind: str, proposal_id: int, job: dict[str, Any],
@@ -524,19 +714,43 @@ class Store:
         return int(self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM trials").fetchone()[0])
 
     def count_all(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0])
+        return int(self._conn.execute("SELECT COALESCE(SUM(n), 0) FROM trial_counts").fetchone()[0])
 
     def count(self, kind: str = "search", sources: Iterable[str] = ("trained",)) -> int:
+        """Trials of `kind` from `sources`: read from `trial_counts` (constant time; the
+        loop counts with every ask), which the triggers keep equal to a COUNT(*)."""
         sources = tuple(sources)
         marks = ", ".join("?" for _ in sources)
         return int(self._conn.execute(
-            f"SELECT COUNT(*) FROM trials WHERE kind=? AND source IN ({marks})", (kind, *sources)).fetchone()[0])
+            f"SELECT COALESCE(SUM(n), 0) FROM trial_counts WHERE kind=? AND source IN ({marks})",
+            (kind, *sources)).fetchone()[0])
+
+    def proposal_history(self, kind: str = "search", after: int = 0) -> tuple[list[tuple], int]:
+        """(proposal_id, choices, key) of every trial of `kind` recorded after trial id
+        `after`, in order, then of every pending job of `kind`; and the last trial id read.
+
+        Every proposal a controller made is in one of the two tables, written in the same
+        transaction as the checkpoint taken after it: this is the history a controller
+        rebuilds on resume (`Controller.replay_history`) instead of checkpointing it.
+        Reading from `after` on keeps a repeated refresh incremental (NOT INDEXED: a
+        range of the primary key, not every trial of `kind`)."""
+        rows = self._conn.execute("SELECT id, proposal_id, choices, key FROM trials NOT INDEXED "
+                                  "WHERE id > ? AND kind=? ORDER BY id", (int(after), kind)).fetchall()
+        last = rows[-1][0] if rows else int(after)
+        out = [(pid, None if c is None else json.loads(c), k) for _, pid, c, k in rows]
+        for pid, job in self._conn.execute("SELECT proposal_id, job FROM pending WHERE kind=? "
+                                           "ORDER BY queued_at, proposal_id", (kind,)).fetchall():
+            d = json.loads(job)
+            out.append((pid, d.get("choices"), d.get("key")))
+        return out, last
 
     def find_key(self, key: str, kind: str = "search") -> dict[str, Any] | None:
-        """The first trained trial of `kind` with this cache key (the cache), or None."""
+        """The first trained trial of `kind` with this cache key (the cache), or None.
+        INDEXED BY: without statistics SQLite would take (kind, source), a scan of every
+        trained trial with each ask."""
         row = self._conn.execute(
-            f"SELECT {', '.join(TRIAL_COLUMNS)} FROM trials WHERE kind=? AND key=? AND source='trained' "
-            "ORDER BY id LIMIT 1", (kind, key)).fetchone()
+            f"SELECT {', '.join(TRIAL_COLUMNS)} FROM trials INDEXED BY trials_key "
+            "WHERE kind=? AND key=? AND source='trained' ORDER BY id LIMIT 1", (kind, key)).fetchone()
         return None if row is None else self._decode(row)
 
     def trial(self, kind: str, proposal_id: int) -> dict[str, Any] | None:

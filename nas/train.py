@@ -135,18 +135,19 @@ def recalibrate_bn(model: torch.nn.Module, data: ProxyData, batch: int, bf16: bo
     model.train(was_training)
 
 
-def evaluate_accuracy(model: torch.nn.Module, data: ProxyData, bf16: bool, channels_last: bool) -> float:
+def evaluate_accuracy(model: torch.nn.Module, data: ProxyData, bf16: bool, channels_last: bool,
+                      part: str = "val") -> float:
     """Top-1 accuracy on the held-out validation part, in large batches without autograd."""
     was_training = model.training
     model.eval()
     correct = 0
     with torch.inference_mode(), torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=bf16):
-        for x, y in data.val_batches(1024):
+        for x, y in data.val_batches(1024, part):
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             correct += (model(x).argmax(1) == y).sum()
     model.train(was_training)
-    return int(correct) / data.val_y.shape[0]
+    return int(correct) / (data.val_y if part == "val" else data.test_y).shape[0]
 
 
 def train(spec, budget: ProxyBudget, data: ProxyData | None = None,
@@ -166,7 +167,7 @@ def train(spec, budget: ProxyBudget, data: ProxyData | None = None,
     if num_classes < data.num_classes:
         raise UserError(f"num_classes {num_classes} is below the dataset's {data.num_classes} classes")
     start = time.perf_counter()
-    state = {"loss": None, "epoch_accuracies": [], "train_time": 0.0, "images": 0}
+    state = {"loss": None, "epoch_accuracies": [], "train_time": 0.0, "images": 0, "test_accuracy": None}
     try:
         with torch.random.fork_rng(devices=[]):
             accuracy = _run(dataclasses.replace(spec, num_classes=num_classes), budget, data, state, start,
@@ -185,7 +186,8 @@ def train(spec, budget: ProxyBudget, data: ProxyData | None = None,
         torch.cuda.empty_cache()  # a no-op where CUDA was never initialized
     ips = state["images"] / state["train_time"] if state["train_time"] > 0 else None
     return TrialResult(status=status, accuracy=accuracy, loss=state["loss"], epoch_accuracies=state["epoch_accuracies"],
-                       wall_time=time.perf_counter() - start, images_per_sec=ips, message=message)
+                       wall_time=time.perf_counter() - start, images_per_sec=ips, message=message,
+                       test_accuracy=state["test_accuracy"] if status == "ok" else None)
 
 
 def _run(spec, budget: ProxyBudget, data: ProxyData, state: dict, start: float,
@@ -255,6 +257,8 @@ def _run(spec, budget: ProxyBudget, data: ProxyData, state: dict, start: float,
         state["epoch_accuracies"].append(evaluate_accuracy(model, data, bf16, channels_last))
         if on_epoch is not None:
             on_epoch(len(state["epoch_accuracies"]), state["epoch_accuracies"][-1])
+    if data.test_x is not None:  # stage 2 only: after training, never seen by any choice
+        state["test_accuracy"] = evaluate_accuracy(model, data, bf16, channels_last, "test")
     return state["epoch_accuracies"][-1]
 
 

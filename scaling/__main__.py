@@ -184,6 +184,8 @@ def run_grid(b0: ArchSpec, out_dir: str | Path, budget, target: int | None = Non
         probe.unlink()
     except OSError as exc:
         raise ScalingError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+    from nas import lock
+    lock.acquire(out, "the grid")
     if Store.is_run(out):
         store = Store.open(out)
         if store.config != STORE_CONFIG:

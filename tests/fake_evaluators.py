@@ -28,12 +28,18 @@ def behaviour(key: str) -> str:
 
 
 def ok(spec, budget):
-    """Deterministic accuracy; sleeps EFFNAS_FAKE_SLEEP seconds (default 0) first."""
+    """Deterministic accuracy; sleeps EFFNAS_FAKE_SLEEP seconds (default 0) first. With a
+    stage-2 budget (`test=True`) also a test accuracy: the validation one moved by a
+    seed-dependent jitter of at most ±0.01, so stage 2 sees seed noise."""
     delay = float(os.environ.get("EFFNAS_FAKE_SLEEP", "0") or 0)
     if delay:
         time.sleep(delay)
     acc = accuracy_of(spec.key())
-    return TrialResult(status="ok", accuracy=acc, epoch_accuracies=[acc / 2, acc], wall_time=delay)
+    test = None
+    if getattr(budget, "test", False):
+        test = acc - 0.01 + 0.02 * (key_hash(f"{spec.key()}/{budget.seed}") % 1000) / 1000
+    return TrialResult(status="ok", accuracy=acc, epoch_accuracies=[acc / 2, acc], wall_time=delay,
+                       test_accuracy=test)
 
 
 def noop(spec, budget):

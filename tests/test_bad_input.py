@@ -61,7 +61,7 @@ CASES = [
     ("missing data dir", ["--target-flops", "400M", "--dataset", "cifar10", "--data-dir", "{tmp}/nodata"], "nodata"),
     ("out is a file", ["--target-flops", "400M", "--out", "{tmp}/afile"], "afile"),
     ("unwritable out", ["--target-flops", "400M", "--out", "{tmp}/readonly/run"], "not writable"),
-    ("resume of a non-run", ["--resume", "--out", "{tmp}/notrun"], "not a search run"),
+    ("resume of a non-run", ["--resume", "--out", "{tmp}/notrun"], "cannot be read as a run's store"),
     ("resume of a missing dir", ["--resume", "--out", "{tmp}/missing"], "not a search run"),
     ("unknown option", ["--target-flops", "400M", "--warp"], "--warp"),
     ("bad evaluator", ["--target-flops", "400M", "--evaluator", "nowhere.module:fn"], "--evaluator"),
@@ -84,6 +84,10 @@ CASES = [
     ("seed too large for the RL controller", ["--target-flops", "400M", "--controller", "rl", "--seed",
                                               "99999999999999999999"], "--seed"),
     ("empty out", ["--target-flops", "400M", "--out", ""], "--out"),
+    ("final top-k 0", ["--target-flops", "400M", "--final-top-k", "0"], "--final-top-k"),
+    ("final seeds not a number", ["--target-flops", "400M", "--final-seeds", "three"], "--final-seeds"),
+    ("final epochs 0", ["--target-flops", "400M", "--final-epochs", "0"], "--final-epochs"),
+    ("final resolution too small", ["--target-flops", "400M", "--final-resolution", "4"], "--final-resolution"),
 ]
 
 

@@ -45,3 +45,17 @@ def test_proxy_train_bench(tmp_path):
 def test_nni_engine_overhead_bench(tmp_path):
     f = _figures("engine_overhead_nni.py", tmp_path)
     assert f["nni"]["per_trial_s"] > 0 and f["local"]["per_trial_s"] > 0 and f["nni_over_local_per_trial"] > 0
+
+
+def test_scale_bench(tmp_path):
+    f = _figures("scale.py", tmp_path)
+    assert f["sizes"] == [200, 1000]
+    assert {(r["controller"], r["engine"]) for r in f["runs"]} >= {("random", "inproc"), ("evolution", "inproc"),
+                                                                   ("evolution", "pool"), ("rl", "inproc")}
+    for r in f["runs"]:  # every search ran its proposals, each recorded once
+        assert r["ms_per_proposal"] > 0 and r["trained"] + r["cached"] == r["proposals"]
+        assert r["cached"] == 0 or r["controller"] == "rl"
+    assert all(s["exponent"] > 0 and s["rss_vs_smallest"] > 0 for s in f["summary"].values())
+    assert {r["controller"] for r in f["resume"]} == {"random", "evolution", "rl"}
+    assert all(r["first_new_record_s"] > 0 and r["new_records"] > 0 for r in f["resume"])
+    assert f["tensorboard"]["first_ms"] > 0 and f["machine"]["cores"] >= 1

@@ -17,11 +17,13 @@ def mnist():
 
 def test_mnist5k_is_real_stratified_and_normalized(mnist):
     assert mnist.num_classes == 10 and not mnist.flip
-    assert mnist.train_x.shape == (4000, 3, 32, 32) and mnist.val_x.shape == (1000, 3, 32, 32)
+    # 1,000 test images carved out first (never loaded here), then 3,200 train / 800 search-validation
+    assert mnist.train_x.shape == (3200, 3, 32, 32) and mnist.val_x.shape == (800, 3, 32, 32)
+    assert mnist.test_x is None
     # Grayscale replicated to three identical channels.
     assert torch.equal(mnist.train_x[:, 0], mnist.train_x[:, 1])
-    # 500 images per digit -> exactly 100 per digit held out.
-    assert torch.bincount(mnist.val_y, minlength=10).tolist() == [100] * 10
+    # 500 images per digit -> 100 per digit to test, then 80 of the remaining 400 to validate.
+    assert torch.bincount(mnist.val_y, minlength=10).tolist() == [80] * 10
     assert abs(float(mnist.train_x.mean())) < 0.05 and abs(float(mnist.train_x.std()) - 1) < 0.05
     # Real digits: the centre of an image is brighter than its border on average.
     assert float(mnist.train_x[:, 0, 12:20, 12:20].mean()) > float(mnist.train_x[:, 0, :3, :].mean()) + 0.5
@@ -52,14 +54,14 @@ def test_training_part_is_mixed_even_when_the_file_is_sorted(mnist):
 def test_digits_from_sklearn_file():
     d = D.load("digits", resolution=16, seed=0, val_fraction=0.25)
     assert d.num_classes == 10 and d.train_x.shape[1:] == (3, 16, 16)
-    assert d.train_x.shape[0] + d.val_x.shape[0] == 1797
+    assert d.train_x.shape[0] + d.val_x.shape[0] == 1797 - 359   # 20 % of every digit is the test part
 
 
 def test_batches_are_seeded_and_crops_are_translations(mnist):
     a = list(mnist.batches(256, torch.Generator().manual_seed(3)))
     b = list(mnist.batches(256, torch.Generator().manual_seed(3)))
     c = next(mnist.batches(256, torch.Generator().manual_seed(4)))
-    assert len(a) == 4000 // 256
+    assert len(a) == 3200 // 256
     assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
     assert not torch.equal(a[0][1], c[1])
     # Every augmented image is the replicate-padded original shifted by at most `pad` pixels.
@@ -122,7 +124,10 @@ def test_imagefolder(tmp_path):
     (tmp_path / "notes.txt").write_text("ignored")
     d = D.load("imagefolder", data_dir=str(tmp_path), resolution=12, seed=0)
     assert d.num_classes == 3 and d.flip
-    assert d.train_x.shape == (12, 3, 12, 12) and d.val_x.shape == (3, 3, 12, 12)
+    # 15 images: one per class to test, then one of the remaining four per class to validate
+    assert d.train_x.shape == (9, 3, 12, 12) and d.val_x.shape == (3, 3, 12, 12) and d.test_x is None
+    t = D.load("imagefolder", data_dir=str(tmp_path), resolution=12, seed=0, test=True)
+    assert t.test_x.shape == (3, 3, 12, 12) and sorted(t.test_y.tolist()) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("name, setup, message", [
@@ -196,3 +201,46 @@ def test_cache_keeps_the_four_most_recently_used_and_clears():
     assert D.load("mnist5k", resolution=8, seed=1) is not first[1]
     D.clear_cache()
     assert D.load("mnist5k", resolution=8, seed=0) is not first[0]
+
+
+def _serve(monkeypatch, payload: bytes) -> None:
+    """`urllib.request.urlopen` answering every URL with `payload` (no network in tests)."""
+    import io
+    import urllib.request
+
+    class Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=60: Response(payload))
+
+
+def test_download_is_checked_against_the_published_checksum(tmp_path, monkeypatch):
+    _serve(monkeypatch, b"a page saying 'moved' instead of the archive")
+    root = tmp_path / "data"
+    with pytest.raises(UserError, match="checksum [0-9a-f]+ is not the published c58f3010") as info:
+        D.load("cifar10", data_dir=str(root), download=True)
+    assert "\n" not in str(info.value) and list(root.iterdir()) == []
+
+
+def test_download_refuses_archive_members_outside_the_data_dir(tmp_path, monkeypatch):
+    import hashlib
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in ("cifar-10-batches-py/readme.html", "../escaped.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"hi"))
+    payload = buf.getvalue()
+    _serve(monkeypatch, payload)
+    monkeypatch.setitem(D._CIFAR_MD5, "cifar-10-python.tar.gz", hashlib.md5(payload).hexdigest())
+    root = tmp_path / "data"
+    with pytest.raises(UserError, match="nothing was extracted"):
+        D.load("cifar10", data_dir=str(root), download=True)
+    assert not (tmp_path / "escaped.txt").exists() and list(root.iterdir()) == []

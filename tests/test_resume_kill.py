@@ -142,7 +142,7 @@ def test_resume_of_a_finished_run_trains_nothing_more(tmp_path, monkeypatch_modu
     assert main(["--resume", "--out", str(out)]) == 0
     assert _rows(out) == first
     assert main(["--resume", "--out", str(out), "--trials", "5"]) == 0  # more trials: continues
-    assert sum(1 for r in _rows(out) if r[5] == "trained") == 5 and set(first) <= set(_rows(out))
+    assert sum(1 for r in _rows(out) if r[0] == "search" and r[5] == "trained") == 5 and set(first) <= set(_rows(out))
     assert main(["--resume", "--out", str(out), "--target-flops", "300M"]) == 2
 
 

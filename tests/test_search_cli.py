@@ -36,8 +36,10 @@ def test_outputs_of_a_search(tmp_path, capsys):
     assert "block_strings" in (out / "best.yaml").read_text()
     # trials.csv: every record, with statuses and sources
     rows = list(csv.DictReader((out / "trials.csv").open()))
-    assert len(rows) == len(trained) + 1 + sum(1 for r in rows if r["source"] in ("cost-only", "cache"))
-    assert {r["kind"] for r in rows} == {"search", "reference"}
+    finals = [r for r in rows if r["kind"] == "final"]                  # stage 2: (top 3 + reference) x 3 seeds
+    assert len(finals) == 12
+    assert len(rows) == len(trained) + 1 + len(finals) + sum(1 for r in rows if r["source"] in ("cost-only", "cache"))
+    assert {r["kind"] for r in rows} == {"search", "reference", "final"}
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((out / "tb").rglob("events.out.tfevents.*"))
     # hand-off: B1..B7 derived from best.yaml
@@ -113,7 +115,7 @@ def test_real_proxy_training_tiny_budget(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["--target-flops", "400M", "--trials", "1", "--workers", "1", "--proxy-epochs", "0.05",
                "--proxy-resolution", "32", "--device", "cpu", "--no-progress", "--no-scale", "--no-tensorboard",
-               "--out", str(out), "--cost-window", "0.5,1", "--reference", "none"])
+               "--out", str(out), "--cost-window", "0.5,1", "--reference", "none", "--no-final"])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     with Store.open(out) as st:

@@ -12,7 +12,10 @@ Why it is built this way (NNI 3.0 is unmaintained; see README.md, "Distributed s
   for `--nni-watchdog` seconds the experiment is stopped with a clear error, the store
   intact and resumable.
 * Ctrl-C and SIGTERM stop the experiment and NNI's manager (a Node.js process in its
-  own process group) and anything left of its process tree.
+  own process group) and anything left of its process tree. A SIGKILLed launcher can
+  stop nothing, so a guard process (`nas.nni.guard`) kills the manager's tree when the
+  launcher is gone, and a new run first ends any process left over from an earlier
+  one on the same folder, so no trial of a dead run can write into the store.
 * NNI's REST server/web UI listens on every interface and has no option to change
   that; a tiny Node.js preload (`NODE_OPTIONS=--require`) makes its `listen()` on the
   experiment's port use `--nni-bind` (127.0.0.1 by default).
@@ -55,6 +58,10 @@ net.Server.prototype.listen = function (...args) {
 """
 
 
+class StartFailed(RuntimeError):
+    """The experiment failed before any trial started (retried with a fresh port)."""
+
+
 class NniEngine:
     """`nas.engine.Engine` on NNI: `run(source, ctx)` runs the JobSource as an experiment.
 
@@ -87,6 +94,7 @@ class NniEngine:
                             "pass --nni-bind 0.0.0.0 (and set nniManagerIp in --nni-config)")
         self.experiment_id: str | None = None
         self.url: str | None = None
+        self.start_attempts = 3
 
     @classmethod
     def from_args(cls, args: Any, nni_config: dict | None = None, log: Any = None) -> "NniEngine":
@@ -110,6 +118,7 @@ class NniEngine:
             return
         out_dir = Path(source.store.path).resolve().parent
         nni_dir = out_dir / "nni"
+        end_leftovers(nni_dir, self.log)
         nni_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(nni_dir, 0o700)  # the session and the user's config (SSH key paths): owner only
         code_dir = nc.stage_code(nni_dir / "code")
@@ -119,11 +128,18 @@ class NniEngine:
         config = nc.build_config(self.nni_cfg, code_dir=code_dir, work_dir=nni_dir / "experiments",
                                  session=session, concurrency=self.concurrency, max_trials=source.max_jobs(),
                                  assessor=self.assessor)
-        port = self.port or nc.free_port(need_next=self.remote)
         bind_js = nni_dir / "bind.js"
         write_atomic(bind_js, _BIND_JS)
         with sigterm_as_interrupt():
-            self._run_experiment(config, port, bind_js, source)
+            for attempt in range(1, self.start_attempts + 1):
+                port = self.port or nc.free_port(need_next=self.remote)
+                try:
+                    self._run_experiment(config, port, bind_js, source)
+                    return
+                except StartFailed as exc:
+                    if attempt == self.start_attempts:
+                        raise EngineError(f"{exc}; gave up after {attempt} starts") from None
+                    self.log(f"NNI engine: {exc}; starting again ({attempt + 1} of {self.start_attempts})")
 
     # -- internals --------------------------------------------------------------------------
     def _run_experiment(self, config: Any, port: int, bind_js: Path, source: Any) -> None:
@@ -132,15 +148,16 @@ class NniEngine:
         logging.getLogger("nni").setLevel(logging.WARNING)
         exp = Experiment(config)
         node_opts = (os.environ.get("NODE_OPTIONS", "") + " " + node_require(bind_js)).strip()
-        manager = None
+        manager = guard = None
         try:
             with _env(NODE_OPTIONS=node_opts, NAS_NNI_BIND_HOST=self.bind, NAS_NNI_BIND_PORT=str(port)):
                 try:
                     exp.start(port, run_mode=RunMode.Background)
                 except Exception as exc:
-                    raise EngineError(f"NNI experiment {exp.id} failed to start ({type(exc).__name__}); see "
+                    raise StartFailed(f"NNI experiment {exp.id} failed to start ({type(exc).__name__}); see "
                                       f"{config.experiment_working_directory}/{exp.id}/log") from None
             manager = getattr(exp, "_proc", None)
+            guard = _start_guard(manager)
             host = "127.0.0.1" if self.bind in ("0.0.0.0", "::") else self.bind
             self.experiment_id, self.url = exp.id, f"http://{host}:{port}"
             self.log(f"NNI experiment {exp.id}: web UI {self.url} (listening on {self.bind}); "
@@ -151,12 +168,17 @@ class NniEngine:
             raise
         finally:
             _stop(exp, manager)
+            if guard is not None:
+                with contextlib.suppress(Exception):
+                    guard.kill()
+                    guard.wait(5)
 
     def _poll(self, exp: Any, source: Any) -> None:
         """Until the source is done; feeds its listeners; watchdog on stalls."""
         store = source.store
         last_id = store.last_trial_id()
-        count = store.count_all()
+        count = first_count = store.count_all()
+        started = False
         last_progress, last_sig = time.monotonic(), None
         while True:
             for rec in store.trials_after(last_id):
@@ -174,9 +196,13 @@ class NniEngine:
             except Exception as exc:  # the manager died or stopped answering its REST API
                 raise EngineError(f"NNI manager of experiment {exp.id} not reachable ({type(exc).__name__}; logs: "
                                   f"{logs}); the store is intact: rerun with --resume") from None
+            if status == "ERROR" and not started and count == first_count:
+                # e.g. "Tuner did not connect in 10 seconds" on a busy machine: nothing ran yet
+                raise StartFailed(f"NNI experiment {exp.id} failed while starting (logs: {logs})")
             if status == "ERROR":
                 raise EngineError(f"NNI experiment {exp.id} reported ERROR (logs: {logs}); the store is "
                                   "intact: rerun with --resume")
+            started = started or bool(jobs)
             active = [j for j in jobs if j.status not in TERMINAL]
             sig = (count, tuple(sorted((j.trialJobId, j.status) for j in jobs)))
             if sig != last_sig or active:
@@ -216,6 +242,46 @@ def read_session(path: str | Path) -> dict:
     if missing or not isinstance(data["source"], dict) or not isinstance(data["ctx"], dict):
         raise UserError(f"NNI session {path}: malformed (missing or bad field {(missing or ['source'])[0]!r})")
     return data
+
+
+def _start_guard(manager: Any) -> Any:
+    """The watcher that kills NNI's tree if this process dies (`nas.nni.guard`)."""
+    import subprocess
+    import sys
+
+    if manager is None:
+        return None
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-m", "nas.nni.guard", str(os.getpid()), str(manager.pid)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env=env)
+
+
+def end_leftovers(nni_dir: Path, log: Any = None) -> int:
+    """Kill processes of an earlier NNI run on this folder (a manager, dispatcher or trial
+    whose command line or working folder lies under `nni_dir`); returns how many."""
+    import psutil
+
+    mark = str(Path(nni_dir).resolve())
+    mine = {os.getpid()} | {p.pid for p in psutil.Process().parents()}
+    found = []
+    for p in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            if p.pid in mine:
+                continue
+            text = " ".join(p.info["cmdline"] or []) + " " + (p.info["cwd"] or "")
+        except (psutil.Error, TypeError):
+            continue
+        if mark in text and _alive(p):
+            found.append(p)
+    for p in found:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(found, timeout=10)
+    if found and log:
+        log(f"NNI engine: ended {len(found)} process(es) left over from an earlier run on {nni_dir}")
+    return len(found)
 
 
 def node_require(path: Path) -> str:

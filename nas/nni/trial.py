@@ -25,7 +25,8 @@ import time
 import traceback
 from typing import Any, Callable
 
-RESULT_FIELDS = ("status", "accuracy", "loss", "epoch_accuracies", "wall_time", "images_per_sec", "message")
+RESULT_FIELDS = ("status", "accuracy", "loss", "epoch_accuracies", "wall_time", "images_per_sec", "message",
+                 "test_accuracy")
 IDENTITY = ("kind", "proposal_id", "choices", "key", "spec")
 
 
@@ -68,7 +69,7 @@ def run_trial(params: Any, report_intermediate: Callable[[Any], None]) -> dict:
         if not hooked:  # no per-epoch hook: the curve is reported once training is over
             for acc in data.get("epoch_accuracies") or []:
                 report_intermediate({"default": float(acc), **mark})
-        for name in ("accuracy", "loss", "images_per_sec"):
+        for name in ("accuracy", "loss", "images_per_sec", "test_accuracy"):
             out[name] = finite(out.get(name))
         out["default"] = out["accuracy"] if out["status"] == "ok" and out["accuracy"] is not None else 0.0
     except BaseException as exc:  # noqa: BLE001 - every failure must become a result

@@ -36,6 +36,7 @@ from nni.tuner import Tuner
 from nas.loop import source_from_handover
 from nas.nni.assessor import take_ended_identity
 from nas.nni.engine import read_session
+from nas.nni.trial import RESULT_FIELDS
 from nas.result import TrialResult
 from nas.store import Store
 
@@ -47,15 +48,27 @@ class ControllerTuner(Tuner):
 
     def __init__(self, session: str) -> None:
         super().__init__()
-        s = read_session(session)
-        self.store = Store.open(s["out_dir"])
-        self.source = source_from_handover(s["source"], self.store)
-        self.ctx = s["ctx"]
-        self.token = s["token"]
+        self.session = read_session(session)  # validated now: a bad file fails the start, loudly
+        self.ctx = self.session["ctx"]
+        self.token = self.session["token"]
         self.lock = threading.RLock()
-        self.queue = list(self.source.initial_jobs())   # pending (re-queued) jobs first
+        self._source: Any = None
+        self.store: Any = None
+        self.queue: list = []
         self.inflight: dict[tuple[str, int], Any] = {}  # (kind, proposal id) -> job handed to NNI
         self.started: dict[tuple[str, int], float] = {}
+
+    @property
+    def source(self) -> Any:
+        """The job source, rebuilt on first use rather than in `__init__`: NNI's manager
+        gives the dispatcher 10 s to connect, and building a controller (torch for RL)
+        on a busy machine can take longer."""
+        with self.lock:
+            if self._source is None:
+                self.store = Store.open(self.session["out_dir"])
+                self._source = source_from_handover(self.session["source"], self.store)
+                self.queue = list(self._source.initial_jobs())   # pending (re-queued) jobs first
+            return self._source
 
     # -- NNI calls ------------------------------------------------------------------------
     def update_search_space(self, search_space: Any) -> None:
@@ -67,7 +80,8 @@ class ControllerTuner(Tuner):
 
     def generate_parameters(self, parameter_id: int, **kwargs: Any) -> dict:
         with self.lock:
-            job = self.queue.pop(0) if self.queue else self.source.next_job()
+            source = self.source
+            job = self.queue.pop(0) if self.queue else source.next_job()
             if job is None:
                 raise nni.NoMoreTrialError("no job to start now")
             ident = (job.kind, int(job.proposal_id))
@@ -93,8 +107,7 @@ class ControllerTuner(Tuner):
                 self._complete(job, TrialResult(status="failed", message=f"trial reported another "
                                                 f"architecture than job {ident}"), value)
                 return
-            fields = {k: value.get(k) for k in ("status", "accuracy", "loss", "epoch_accuracies", "wall_time",
-                                                "images_per_sec", "message") if value.get(k) is not None}
+            fields = {k: value.get(k) for k in RESULT_FIELDS if value.get(k) is not None}
             try:
                 result = TrialResult.from_dict(fields)
             except ValueError as exc:  # unknown status
@@ -136,4 +149,5 @@ class ControllerTuner(Tuner):
                              finished_at=finished, extra={"nni_trial_id": trial_id, "host": value.get("host")})
 
     def _on_exit(self) -> None:
-        self.store.close()
+        if self.store is not None:
+            self.store.close()

@@ -1,0 +1,188 @@
+"""Stage 2 and the three-way split: a test part fixed by the dataset and read by nothing
+but stage 2; B0 chosen on search-validation before any test score is read; the verdict's
+statistics on known inputs; resume after SIGKILL; `python -m nas.final`."""
+import csv
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from nas import data as D
+from nas import final as F
+from nas.budget import ProxyBudget
+from nas.records import Objective
+from nas.search import main
+from nas.store import Store
+from search_space import zoo
+from search_space.spec import ArchSpec
+
+FAST = ["--evaluator", "tests.fake_evaluators:ok", "--device", "cpu", "--no-tensorboard", "--no-scale",
+        "--quiet"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- the split --------------------------------------------------------------------------------
+def test_test_part_is_disjoint_stratified_and_fixed_across_search_seeds():
+    labels = np.repeat(np.arange(10), [480, 520, 500, 510, 490, 500, 505, 495, 500, 500])
+    search0, test0 = D.parts(labels, seed=0)
+    search1, test1 = D.parts(labels, seed=1)
+    assert np.array_equal(test0, test1) and np.array_equal(search0, search1)
+    assert len(test0) == 1000 and not set(test0) & set(search0) and len(test0) + len(search0) == len(labels)
+    for c in range(10):  # 20 % of every class
+        assert (labels[test0] == c).sum() == round(0.2 * (labels == c).sum())
+    train, val = D.split(labels[search0], 0.2, seed=0)
+    assert not set(train) & set(val) and len(train) + len(val) == len(search0)
+    capped0, capped_test = D.parts(labels, max_images=500, seed=0)
+    assert set(capped_test) <= set(test0) and not set(capped0) & set(test0)
+    assert np.array_equal(capped_test, D.parts(labels, max_images=500, seed=7)[1])
+
+
+def test_search_data_holds_no_test_part_and_stage2_data_does():
+    search = D.load(ProxyBudget(dataset="digits", resolution=8, seed=0))
+    assert search.test_x is None and search.test_y is None
+    with pytest.raises(ValueError, match="no test part"):
+        next(search.val_batches(part="test"))
+    a = D.load(ProxyBudget(dataset="digits", resolution=8, seed=0, test=True))
+    b = D.load(ProxyBudget(dataset="digits", resolution=8, seed=3, test=True))
+    assert a.test_x.shape[0] == 359 and a.train_x.shape[0] + a.val_x.shape[0] == 1797 - 359
+    assert torch_equal(a.test_y, b.test_y)                          # the same test images whatever the seed
+    assert torch_equal(a.train_y, search.train_y)                  # and the search part unchanged by test=True
+    train_rows = {tuple(r) for r in a.train_x.flatten(1).tolist()}
+    assert not any(tuple(r) in train_rows for r in a.test_x.flatten(1).tolist()[:50])
+
+
+def torch_equal(x, y):
+    return x.shape == y.shape and bool((x == y).all())
+
+
+def test_trainer_scores_test_only_when_the_budget_asks():
+    from nas.trial import evaluate
+
+    from search_space.spec import BlockSpec
+    spec = ArchSpec(blocks=(BlockSpec(1, 3, 2, 4, 8, 16),), stem_channels=8, head_channels=32, num_classes=1000,
+                    dropout=0.0, drop_connect=0.0)
+    budget = ProxyBudget(dataset="digits", resolution=8, steps=3, batch_size=64)
+    assert evaluate(spec, budget).test_accuracy is None
+    scored = evaluate(spec, dataclasses.replace(budget, test=True))
+    assert scored.status == "ok" and 0.0 <= scored.test_accuracy <= 1.0
+
+
+# -- choosing and judging ------------------------------------------------------------------------
+def _rec(key, macs, acc, test):
+    return {"key": key, "macs": macs, "params": 1, "status": "ok", "accuracy": acc, "test_accuracy": test}
+
+
+def test_b0_is_chosen_on_search_validation_whatever_the_test_scores_say():
+    b0 = zoo.get("efficientnet-b0")
+    other = dataclasses.replace(b0, head_channels=1024)
+    cands = [F.Candidate("a", b0, 1), F.Candidate("b", other, 2), F.Candidate("ref", b0)]
+    obj = Objective(400_000_000)
+    val_best_a = [_rec("a", 300e6, 0.90, 0.50)] * 2 + [_rec("b", 300e6, 0.80, 0.99)] * 2 + \
+                 [_rec("r", 380e6, 0.85, 0.85)] * 2
+    summary = F.summarize(cands, [1, 2], val_best_a, obj)
+    assert summary["chosen"] == 0 and summary["verdict"]["b0"] == "a"
+    flipped = [dict(r, test_accuracy=1.0 - r["test_accuracy"]) for r in val_best_a]
+    assert F.summarize(cands, [1, 2], flipped, obj)["chosen"] == 0      # test scores never move the choice
+    with pytest.raises(AssertionError, match="must not see test"):
+        F.choose(cands, [val_best_a[:2], val_best_a[2:4], val_best_a[4:]], obj)
+
+
+def test_welch_verdict_on_known_inputs():
+    a, b = [0.90, 0.91, 0.93], [0.80, 0.83, 0.81]
+    t = F.welch(a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    assert t["diff"] == pytest.approx(np.mean(a) - np.mean(b)) and t["p"] == pytest.approx(ref.pvalue)
+    se = np.sqrt(np.var(a, ddof=1) / 3 + np.var(b, ddof=1) / 3)
+    assert t["high"] - t["diff"] == pytest.approx(stats.t.ppf(0.975, t["df"]) * se)
+    assert t["low"] > 0 and F.words(t) == "better" and F.words(F.welch(b, a)) == "worse"
+    close = F.welch([0.90, 0.92, 0.88], [0.91, 0.89, 0.90])
+    assert close["low"] < 0 < close["high"] and F.words(close) == "no significant difference"
+    assert F.welch([0.9, 0.9], [0.9, 0.9])["p"] == 1.0 and F.welch([0.9, 0.9], [0.8, 0.8])["p"] == 0.0
+
+
+def test_seeds_are_fresh_and_parsed():
+    assert F.fresh_seeds(0, 3) == [1, 2, 3] and 4 not in F.fresh_seeds(4, 3)
+    assert F.fresh_seeds(4, 2, taken=[5]) == [6, 7]
+    assert F.parse_seeds("3", 0) == (3, None) and F.parse_seeds("4,5,6", 0) == (3, [4, 5, 6])
+    from nas.errors import UserError
+    for bad in ("0,5", "x", "4,4", "0"):
+        with pytest.raises(UserError):
+            F.parse_seeds(bad, 0)
+
+
+# -- end to end ---------------------------------------------------------------------------------
+def test_search_runs_stage2_and_b0_is_its_winner(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--target-flops", "400M", "--trials", "8", "--workers", "2", "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    with Store.open(out) as st:
+        finals = st.trials("final")
+        search = {r["id"]: r for r in st.trials("search", "trained")}
+    assert len(finals) == (3 + 1) * 3
+    assert {r["extra"]["overrides"]["seed"] for r in finals} == {1, 2, 3}          # none is the search seed 0
+    assert all(r["test_accuracy"] is not None and r["told"] is False for r in finals)
+    rows = list(csv.DictReader((out / "final.csv").open()))
+    assert len(rows) == 12 and {r["label"] for r in rows} >= {"efficientnet-b0"}
+    md = (out / "final.md").read_text()
+    assert "(B0)" in md and "verdict on test (3 fresh seeds)" in md and "verdict on test" in printed
+    chosen = next(r for r in rows if f"| {r['label']} (B0) |" in md)
+    assert ArchSpec.load(out / "best.yaml").key() == search[int(chosen["trial"])]["key"]
+    top3 = sorted(search.values(), key=lambda r: -r["reward"])[:3]
+    assert {r["key"] for r in top3} <= {r["key"] for r in finals}
+
+
+def test_no_final_skips_stage2(tmp_path):
+    out = tmp_path / "run"
+    assert main(["--target-flops", "400M", "--trials", "4", "--workers", "1", "--no-final", "--out", str(out),
+                 *FAST]) == 0
+    with Store.open(out) as st:
+        assert st.trials("final") == []
+    assert not (out / "final.md").exists()
+
+
+KILLED_FINAL = ("import sys, tests.kill_hooks as k; k.install(after_write={n}); "
+                "from nas.final import main; sys.exit(main(sys.argv[1:]))")
+
+
+def test_stage2_resumes_after_sigkill_and_extends_with_other_seeds(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--target-flops", "400M", "--trials", "6", "--workers", "1", "--no-final", "--out", str(out),
+                 *FAST]) == 0
+    proc = subprocess.run([sys.executable, "-c", KILLED_FINAL.format(n=5), str(out), "--workers", "1", "--quiet"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    with Store.open(out) as st:
+        before = {(r["proposal_id"]): r for r in st.trials("final")}
+        pending = st.pending("final")
+    assert 0 < len(before) < 12 and pending
+    capsys.readouterr()
+    assert F.main([str(out), "--workers", "1", "--quiet", "--no-progress"]) == 0
+    with Store.open(out) as st:
+        after = {r["proposal_id"]: r for r in st.trials("final")}
+        assert st.pending("final") == []
+    assert len(after) == 12 and all(after[k] == v for k, v in before.items())  # kept, not retrained
+    assert "verdict on test (3 fresh seeds)" in capsys.readouterr().out
+    # three other seeds: 12 more runs, the same words (the fake evaluator's gap is large)
+    words_before = (out / "final.md").read_text().rsplit(": ", 2)[-1]
+    assert F.main([str(out), "--seeds", "7,8,9", "--quiet", "--no-progress"]) == 0
+    with Store.open(out) as st:
+        assert len(st.trials("final")) == 24
+    assert (out / "final.md").read_text().rsplit(": ", 2)[-1].split(",")[0] == words_before.split(",")[0]
+
+
+def test_nas_final_bad_input_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--target-flops", "400M", "--trials", "3", "--workers", "1", "--no-final", "--out", str(out),
+                 *FAST]) == 0
+    for argv, words in (([str(out), "--seeds", "0,1"], "search seed"),
+                        ([str(out), "--candidates", "999"], "not a trained, ok search trial"),
+                        ([str(tmp_path / "nope")], "not a search run"),
+                        ([str(out), "--top-k", "0"], "--top-k")):
+        capsys.readouterr()
+        assert F.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert words in err and "\n" not in err and "Traceback" not in err
