@@ -281,7 +281,7 @@ class Progress:
             left = (time.time() - self.t0) / rate_n * max(0, self.total - self.done)
             eta = f"{int(left // 60)}m{int(left % 60):02d}s"
         best = "-" if self.best is None else f"{self.best:.4f}"
-        what = "trials" if self.kind == "search" else f"{self.kind} candidates"
+        what = {"search": "trials", "final": "stage-2 runs"}.get(self.kind, f"{self.kind} candidates")
         return f"{what} {self.done}/{self.total} | failed {self.failed} | best {self.metric} {best} | ETA {eta}"
 
     def show(self, rec: dict | None = None) -> None:
