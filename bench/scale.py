@@ -177,7 +177,8 @@ def resume_seconds(controller: str, out: str) -> dict:
         proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=300)[1].decode()
     wall = time.time() - t0
-    if proc.returncode not in (0, 130):
+    # -SIGTERM: the signal came after the run had left its handler (finishing, exiting)
+    if proc.returncode not in (0, 130, -signal.SIGTERM):
         raise SystemExit(f"--resume of {out} failed ({proc.returncode}):\n{err[-3000:]}")
     first, = query("SELECT MIN(finished_at) FROM trials WHERE id > ?", last_id)
     new, = query("SELECT COUNT(*) FROM trials WHERE id > ?", last_id)

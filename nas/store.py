@@ -241,7 +241,13 @@ def encode_state_parts(state: Any) -> tuple[bytes, list[bytes]]:
             return {_TAG_TENSOR: len(tensors) - 1}
         raise TypeError(f"{where}: {type(obj).__module__}.{type(obj).__qualname__} is not plain data")
 
-    encoded = enc(state, "state")
+    try:
+        encoded = enc(state, "state")
+    finally:
+        # `enc` refers to itself (it recurses), a cycle that would keep this call's
+        # chunks (1.3 MB for RL) alive until the cyclic GC runs: RSS grew ~10 KB a
+        # checkpoint, 160 MB over 20,000 RL proposals. Breaking it frees them now.
+        enc = None  # noqa: F841
     header = json.dumps({"byteorder": sys.byteorder, "state": encoded, "tensors": tensors},
                         separators=(",", ":")).encode()
     tag = CHECKPOINT_FORMAT + b" " + str(CHECKPOINT_VERSION).encode() + b"\n"
@@ -324,7 +330,10 @@ def _decode_body(body: bytes) -> Any:
             return {k: dec(v) for k, v in obj.items()}
         return obj
 
-    return dec(head["state"])
+    try:
+        return dec(head["state"])
+    finally:
+        dec = None  # noqa: F841  (the same self-reference cycle as `enc` in encode_state_parts)
 
 
 def _make_dirs(path: Path) -> None:

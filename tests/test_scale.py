@@ -279,3 +279,18 @@ def test_the_pareto_plot_of_many_trials_is_a_png_with_its_front(tmp_path):
     report.plot_pareto(rows, tmp_path / "pareto.png", 400_000_000, -0.07, -0.07, {**best, "reward": 0.8},
                        None, (0.5, 1.0))
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_encoding_and_decoding_a_state_leave_no_reference_cycle():
+    """A cycle per checkpoint (a recursive closure) kept each one's 1.3 MB of tensor
+    bytes until the cyclic GC ran: RSS grew 160 MB over 20,000 RL proposals."""
+    import gc
+    state = make("rl", SPACE.decisions, seed=0).state_dict()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            decode_state(encode_state(state))
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
