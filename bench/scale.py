@@ -1,9 +1,10 @@
 """Scale: does the search's cost per trial stay flat from 1,000 to 20,000 trials?
 
 For each controller (random, evolution, rl), with an evaluator that does no work
-(`flat_evaluate` below) and the cost window 0..inf (every proposal is trained),
-a search of N trials runs through the real pieces a user runs: the options parsed and
-validated by `nas.search` (so the store is one `--resume` accepts), `nas.loop.SearchLoop`
+(`flat_evaluate` below) and the cost window 0..inf (every new proposal is trained),
+a search of N proposals (N trials for random and evolution, which never repeat; RL
+repeats, see `child_search`) runs through the real pieces a user runs: the options
+parsed and validated by `nas.search` (so the store is one `--resume` accepts), `nas.loop.SearchLoop`
 with the CLI's recipe (`ControllerRecipe.for_run`) and settings, a `nas.store.Store`, and
 the CLI's listeners (`report.Progress(enabled=False)`, `nas.search._refresh_files`:
 trials.csv and best.yaml). Engines: `LocalEngine(in_process=True)` and the pool with one
@@ -15,8 +16,9 @@ exponent (least-squares slope of log wall against log N: 1 is flat per trial, 2 
 quadratic) and the ratios against the smallest N, the baseline measured in the same
 run. Then, on the largest in-process store of each controller: `python -m nas.search
 --resume` with 20 trials more, timed from its process start to its first new trial
-record (the store's `finished_at`). And TensorBoard: `nas.tb.TBLogger`'s cost per
-record over the first and the last thousand of N records.
+record (the store's `finished_at`); `--keep DIR` keeps those run folders (pareto.png).
+And TensorBoard: `nas.tb.TBLogger`'s cost per record over the first and the last
+thousand of N records.
 
 Goals (issue "20,000 trials without slowing down"): <= 5 ms a trial at 20,000 for
 random and evolution, <= 15 ms for RL; exponent <= 1.1; RSS at 20,000 <= 1.5x RSS at
