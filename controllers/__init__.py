@@ -1,10 +1,10 @@
-"""Who proposes the next architecture: one ask/tell protocol, three controllers.
+"""Who proposes the next architecture: one ask/tell protocol, four controllers.
 
 `make(name, decisions, seed=0, **kwargs)` builds one by name ('random', 'evolution',
-'rl'); controllers see only decisions (choice counts), never blocks or training.
+'rl', 'predictor'); controllers see only decisions (choice counts), never blocks or training.
 
-`rl` (and with it torch, ~0.8 s to import) is loaded when first used: a search with
-evolution or random search, and its `--resume`, start without it.
+`rl` and `predictor` (and with them torch, ~0.8 s to import) are loaded when first used:
+a search with evolution or random search, and its `--resume`, start without it.
 """
 from __future__ import annotations
 
@@ -21,10 +21,16 @@ def _rl() -> type:
     return RLController
 
 
-class _Registry(Mapping):
-    """name -> controller class; the RL class is imported on first lookup."""
+def _predictor() -> type:
+    from .predictor import PredictorController
+    return PredictorController
 
-    _load = {"random": lambda: RandomSearch, "evolution": lambda: RegularizedEvolution, "rl": _rl}
+
+class _Registry(Mapping):
+    """name -> controller class; the RL and predictor classes are imported on first lookup."""
+
+    _load = {"random": lambda: RandomSearch, "evolution": lambda: RegularizedEvolution, "rl": _rl,
+             "predictor": _predictor}
 
     def __getitem__(self, name: str) -> type:
         return self._load[name]()
@@ -42,6 +48,8 @@ CONTROLLERS: Mapping[str, type] = _Registry()
 def __getattr__(name: str) -> Any:
     if name == "RLController":
         return _rl()
+    if name == "PredictorController":
+        return _predictor()
     raise AttributeError(f"module 'controllers' has no attribute {name!r}")
 
 
@@ -55,5 +63,5 @@ def make(name: str, decisions: Sequence[Any], seed: int = 0, **kwargs: Any) -> C
     return cls(decisions, seed=seed, **kwargs)
 
 
-__all__ = ["CONTROLLERS", "Controller", "Ledger", "Proposal", "RLController", "RandomSearch",
+__all__ = ["CONTROLLERS", "Controller", "Ledger", "PredictorController", "Proposal", "RLController", "RandomSearch",
            "RegularizedEvolution", "SpaceExhausted", "decision_sizes", "make"]

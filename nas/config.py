@@ -30,7 +30,7 @@ _B = ProxyBudget()  # proxy-training defaults come from the budget (tuned in nas
 # name -> default. None means "unset" (computed later or optional).
 DEFAULTS: dict[str, Any] = {
     "target_flops": None, "reward": "soft", "alpha": None, "beta": None,
-    "controller": "evolution", "trials": 40, "workers": 0, "device": "auto",
+    "controller": "predictor", "trials": 40, "workers": 0, "device": "auto",
     "workers_per_gpu": 1, "dataset": _B.dataset, "data_dir": None, "download": False,
     "proxy_epochs": float(_B.epochs), "proxy_resolution": _B.resolution, "target_resolution": _B.target_resolution,
     "batch_size": _B.batch_size,
@@ -40,12 +40,15 @@ DEFAULTS: dict[str, Any] = {
     "beta_scale": 1.1, "gamma_scale": 1.15, "phis": "1-7", "grid_step": 0.05, "grid_tol": 0.1, "no_progress": False, "quiet": False,
     "no_tensorboard": False,
     "no_final": False, "final_top_k": 3, "final_seeds": 3, "final_epochs": 4.0, "final_resolution": None,
+    "target_latency": None, "latency_device": "cpu", "latency_batch": 1, "latency_threads": 1, "latency_table": None,
+    "early_stop": "off", "eta": 3, "min_fraction": "1/9", "prefilter": "none", "prefilter_ratio": 1, "max_epochs": 0.0,
 }
 
 # Options that define *what* is searched: a resumed run must keep them.
 IDENTITY = ("target_flops", "reward", "alpha", "beta", "controller", "seed", "space_text", "dataset",
             "proxy_epochs", "proxy_resolution", "target_resolution", "batch_size", "cost_window",
-            "evaluator", "reference")
+            "evaluator", "reference", "target_latency", "latency_device", "latency_batch", "latency_threads",
+            "early_stop", "eta", "min_fraction", "prefilter", "prefilter_ratio")
 
 # Options that only steer *how* the run goes or what is written: may change on resume.
 NOT_RECORDED = ("config", "resume", "overwrite")
@@ -61,6 +64,11 @@ class _Parser(argparse.ArgumentParser):
 def _count(text: str) -> int:
     from nas.reward import parse_count
     return parse_count(text, "--target-flops")
+
+
+def _duration(text: str) -> float:
+    from nas.latency_cost import parse_duration
+    return parse_duration(text, "--target-latency")
 
 
 def _positive_int(name: str):
@@ -121,16 +129,30 @@ def build_parser(with_nni: bool = True) -> argparse.ArgumentParser:
                             "--config YAML file by its long name (dashes or underscores); the command line wins.")
     g = p.add_argument_group("the search")
     g.add_argument("--target-flops", type=_count, metavar="COUNT",
-                   help="multiply-add target T (required): 400M, 0.4G, 4e8, ... counted at --target-resolution "
-                        "with 1000 classes, as EfficientNet counts 'FLOPS'")
+                   help="multiply-add target T: 400M, 0.4G, 4e8, ... counted at --target-resolution "
+                        "with 1000 classes, as EfficientNet counts 'FLOPS' (this and/or --target-latency)")
+    g.add_argument("--target-latency", type=_duration, metavar="TIME",
+                   help="latency target: 20ms, 1.5s, 800us, predicted per architecture from a latency table "
+                        "at --target-resolution (this and/or --target-flops; one reward term per target)")
+    g.add_argument("--latency-device", metavar="D",
+                   help=f"where latency counts: cpu, cuda, cuda:N (measured here), or 'table': the device "
+                        f"--latency-table was measured on (default: {d['latency_device']})")
+    g.add_argument("--latency-batch", type=_positive_int("--latency-batch"), metavar="B",
+                   help=f"batch size of the latency target (default: {d['latency_batch']})")
+    g.add_argument("--latency-threads", type=_positive_int("--latency-threads"), metavar="N",
+                   help=f"CPU threads of the latency target (default: {d['latency_threads']})")
+    g.add_argument("--latency-table", metavar="FILE",
+                   help="latency table (python -m search_space latency build), e.g. built on the deployment "
+                        "device (default: --out/latency_table.json, filled as the search goes)")
     g.add_argument("--reward", choices=("soft", "hard"),
                    help=f"reward preset ACC x (MACs/T)^w: soft alpha=beta=-0.07 (EfficientNet), hard alpha=0, "
                         f"beta=-1 (default: {d['reward']})")
     g.add_argument("--alpha", type=_float("--alpha"), help="exponent w when MACs <= T (default: from --reward)")
     g.add_argument("--beta", type=_float("--beta"), help="exponent w when MACs > T (default: from --reward)")
-    g.add_argument("--controller", choices=("evolution", "rl", "random"),
+    g.add_argument("--controller", choices=("evolution", "rl", "random", "predictor"),
                    help=f"who proposes architectures: regularized evolution, MnasNet's RL (LSTM + PPO), "
-                        f"or random (default: {d['controller']}; best of the three in a short run)")
+                        f"random, or predictor (an MLP ensemble fitted on the results so far; "
+                        f"BANANAS-style) (default: {d['controller']}; see README, Controllers)")
     g.add_argument("--trials", type=_positive_int("--trials"),
                    help=f"architectures to train (cost-only and cached proposals do not count) "
                         f"(default: {d['trials']})")
@@ -179,6 +201,20 @@ def build_parser(with_nni: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     g.add_argument("--quiet", action="store_true", help="print only the closing summary")
     g.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard event files")
+    g = p.add_argument_group("cheaper trials: early stopping, a training-free prefilter, a compute budget")
+    g.add_argument("--early-stop", choices=("off", "asha"),
+                   help=f"asha: stop trials below the top 1/--eta of their rung (default: {d['early_stop']})")
+    g.add_argument("--eta", metavar="N", help=f"--early-stop asha: keep the top 1/N at each rung, and rungs "
+                                              f"N times apart (default: {d['eta']})")
+    g.add_argument("--min-fraction", metavar="F", help=f"--early-stop asha: the first rung, a fraction of the "
+                                                       f"budget (default: {d['min_fraction']}: rungs 1/9, 1/3, 1)")
+    g.add_argument("--prefilter", metavar="SCORE",
+                   help=f"score proposals training-free (naswot, synflow, grad_norm, snip, params, macs) and train "
+                        f"only the best 1 in --prefilter-ratio (default: {d['prefilter']}); run nas.proxy check first")
+    g.add_argument("--prefilter-ratio", metavar="N", help=f"--prefilter: train 1 in N (default: {d['prefilter_ratio']})")
+    g.add_argument("--max-epochs", type=_float("--max-epochs", 0), metavar="E",
+                   help="stop starting trials once E epochs are trained across the search's trials (stopped "
+                        "trials count their fraction; 0 = no limit, the default)")
     g = p.add_argument_group("stage 2: retrain the best on fresh seeds, judge on the test part")
     g.add_argument("--no-final", action="store_true", help="skip stage 2 (B0 is then the search's best)")
     g.add_argument("--final-top-k", type=_positive_int("--final-top-k"),
@@ -369,7 +405,13 @@ def _norm(key: str, v: Any) -> Any:
             return parse_window(",".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
         except UserError:
             return v
-    if key in ("dataset", "reference") and isinstance(v, str):
+    if key == "min_fraction":
+        from fractions import Fraction
+        try:
+            return round(float(Fraction(str(v))), 12)
+        except (ValueError, ZeroDivisionError):
+            return v
+    if key in ("dataset", "reference", "latency_device") and isinstance(v, str):
         return v.lower()
     if isinstance(v, (list, tuple)):
         return [_norm(key, x) for x in v]

@@ -60,6 +60,8 @@ class Job:
     attempt: int = 1
     queued_at: float = field(default_factory=time.time)
     overrides: Optional[dict] = None   # budget fields of this job alone (stage 2: its seed)
+    rungs: Optional[list] = None       # ASHA: fractions of the budget to report at (nas.asha)
+    latency_ms: Optional[float] = None  # predicted where the job is made, with a latency target (never in a trial)
 
     @property
     def name(self) -> str:
@@ -126,17 +128,34 @@ def with_epoch_hook(fn: Callable[..., Any], on_epoch: Callable[..., None]) -> tu
     return fn, False
 
 
-def evaluate_job(job: Job, ctx: EvalContext, evaluator: Callable | None = None) -> TrialResult:
+def with_rung_hook(fn: Callable[..., Any], rungs: list, on_rung: Callable[[int, float], bool]) -> Callable[..., Any]:
+    """`fn` with `rungs` and `on_rung` bound when its signature takes both (ASHA, nas.asha);
+    an evaluator that does not take them trains its whole budget."""
+    try:
+        names = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return fn
+    if "rungs" in names and "on_rung" in names:
+        return functools.partial(fn, rungs=list(rungs), on_rung=on_rung)
+    return fn
+
+
+def evaluate_job(job: Job, ctx: EvalContext, evaluator: Callable | None = None,
+                 on_rung: Callable[[int, float], bool] | None = None) -> TrialResult:
     """Train `job` with the context's evaluator; never raises (but lets Ctrl-C through).
 
     Exceptions become status 'failed' (message: the exception's first line); a
     non-finite accuracy becomes 'diverged'; anything not a TrialResult becomes 'failed'.
+    `on_rung(rung, accuracy) -> continue?` is handed to the evaluator when the job has
+    rungs (ASHA): the engine's way of asking the search whether the trial goes on.
     """
     from search_space.spec import ArchSpec
 
     t0 = time.time()
     try:
         fn = evaluator or load_evaluator(ctx.evaluator)
+        if job.rungs and on_rung is not None:
+            fn = with_rung_hook(fn, job.rungs, on_rung)
         spec = ArchSpec.from_dict(job.spec)
         budget = ctx.budget.at_resolution(spec.resolution) if ctx.per_spec_resolution else ctx.budget
         if job.overrides:

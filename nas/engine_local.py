@@ -94,15 +94,51 @@ def _worker_main(conn: Any, name: str, device: str, threads: int, ctx_dict: dict
             return
         if msg is None:
             return
+        if isinstance(msg, (tuple, list)):  # a rung answer that came after its wait ended: stale
+            continue
         job = Job.from_dict(msg)
         if fn is None:
             result = TrialResult(status="failed", message=load_error)
         else:
-            result = evaluate_job(job, ctx, fn)
+            result = evaluate_job(job, ctx, fn, on_rung=_ask_parent(conn, job.name))
         try:
             conn.send(("result", job.name, result.to_dict()))
         except (EOFError, OSError, BrokenPipeError):
             return
+
+
+RUNG_WAIT = 60.0  # seconds a worker waits for the parent's rung answer before it just goes on
+
+
+def _ask_parent(conn: Any, name: str):
+    """ASHA's `on_rung` in a worker: one round trip over the pipe. The parent answers
+    between two polls; a parent that does not answer in RUNG_WAIT seconds (or is gone)
+    means "continue": a trial is never stopped, nor left waiting, by a broken link."""
+    def on_rung(rung: int, accuracy: float) -> bool:
+        try:
+            conn.send(("rung", name, int(rung), float(accuracy)))
+            deadline = time.time() + RUNG_WAIT
+            while conn.poll(max(0.0, deadline - time.time())):
+                msg = conn.recv()
+                if isinstance(msg, (tuple, list)) and msg[:3] == ("rung-answer", name, int(rung)):
+                    return bool(msg[3])
+        except (EOFError, OSError, BrokenPipeError):
+            pass
+        return True
+    return on_rung
+
+
+def _rung_answer(source: JobSource, job: Optional[Job], rung: int, accuracy: float) -> bool:
+    """The source's decision for a rung report (True where the source has no ASHA)."""
+    decide = getattr(source, "rung", None)
+    if job is None or decide is None:
+        return True
+    try:
+        return bool(decide(job, rung, accuracy))
+    except Exception:  # noqa: BLE001 - a decision that fails lets the trial go on
+        import traceback
+        traceback.print_exc()
+        return True
 
 
 @dataclass
@@ -177,7 +213,8 @@ class LocalEngine:
             if job is None:
                 break
             t0 = time.time()
-            result = evaluate_job(job, ctx, fn)
+            result = evaluate_job(job, ctx, fn,
+                                  on_rung=lambda r, a, j=job: _rung_answer(source, j, r, a))
             source.complete(job, result, worker="inproc", started_at=t0, finished_at=time.time())
 
     # -- worker pool ----------------------------------------------------------------------
@@ -237,6 +274,14 @@ class LocalEngine:
                     message = None
                 if message is not None and message[0] == "ready":
                     w.ready, self.startup_deaths = True, 0
+                    continue
+                if message is not None and message[0] == "rung":  # ASHA: answer at once, never wait
+                    _, name, rung, acc = message
+                    job = w.job if w.job is not None and w.job.name == name else None
+                    try:
+                        w.conn.send(("rung-answer", name, rung, _rung_answer(source, job, rung, acc)))
+                    except (OSError, BrokenPipeError):
+                        pass
                     continue
                 if message is not None and message[0] == "result":
                     job, w.job = w.job, None

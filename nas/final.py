@@ -38,7 +38,7 @@ DEFAULT_SEEDS = 3
 DEFAULT_EPOCHS = 4.0
 ALPHA = 0.05  # the significance level of the verdict's words
 CSV_COLUMNS = ("label", "trial", "key", "macs", "params", "seed", "status", "val_accuracy", "test_accuracy",
-               "val_reward", "test_reward")
+               "val_reward", "test_reward", "latency_ms", "measured_latency_ms")
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def choose(candidates: Sequence[Candidate], val_rows: Sequence[Sequence[dict]], 
         if not accs:
             continue
         macs = rows[0]["macs"]
-        key = (objective.reward(sum(accs) / len(accs), macs), -macs)
+        key = (objective.reward(sum(accs) / len(accs), macs, rows[0].get("latency_ms")), -macs)
         if best_key is None or key > best_key:
             best, best_key = i, key
     return best
@@ -187,11 +187,12 @@ def summarize(candidates: Sequence[Candidate], seeds: Sequence[int], records: Se
         val = _stats([r["accuracy"] for r in ok])
         test = _stats([r["test_accuracy"] for r in ok if r.get("test_accuracy") is not None])
         macs = rows[0]["macs"] if rows else None
+        lat = rows[0].get("latency_ms") if rows else None  # predicted
         table.append({"label": c.label, "trial": c.trial, "reference": c.is_reference, "key": c.spec.key(),
                       "macs": macs, "params": rows[0]["params"] if rows else None, "runs": len(rows),
-                      "ok": len(ok), "val": val, "test": test,
-                      "val_reward": objective.reward(val["mean"], macs) if val["mean"] is not None else None,
-                      "test_reward": objective.reward(test["mean"], macs) if test["mean"] is not None else None,
+                      "ok": len(ok), "val": val, "test": test, "latency_ms": lat, "measured_latency_ms": None,
+                      "val_reward": objective.reward(val["mean"], macs, lat) if val["mean"] is not None else None,
+                      "test_reward": objective.reward(test["mean"], macs, lat) if test["mean"] is not None else None,
                       "test_values": [r["test_accuracy"] for r in ok if r.get("test_accuracy") is not None]})
     verdict = None
     ref = next((i for i, c in enumerate(candidates) if c.is_reference), None)
@@ -203,6 +204,30 @@ def summarize(candidates: Sequence[Candidate], seeds: Sequence[int], records: Se
                        "macs_ratio": table[chosen]["macs"] / table[ref]["macs"]}
     return {"seeds": list(seeds), "candidates": table, "chosen": chosen, "verdict": verdict,
             "records": [r for rows in per for r in rows]}
+
+
+def measure_latency(summary: dict, candidates: Sequence[Candidate], objective: Objective, resolution: int,
+                    log: Callable[[str], None] = lambda m: None) -> None:
+    """With a latency target: B0's and the reference's latency measured end to end (not
+    predicted) on the target device, here in the search's process, after training; put in
+    `summary` (`measured_latency_ms` of their rows, `measured`: key -> ms). Nothing is
+    measured when the target device is another machine's (`--latency-device table`)."""
+    from nas.latency_cost import measured_ms
+    if not objective.latency_ms:
+        return
+    chosen = [i for i, c in enumerate(summary["candidates"]) if i == summary["chosen"] or c["reference"]]
+    summary["measured"] = {}
+    for i in chosen:
+        row = summary["candidates"][i]
+        spec = dataclasses.replace(candidates[i].spec, num_classes=1000)
+        ms = measured_ms(objective.latency_device, objective.latency_batch, objective.latency_threads, spec,
+                         resolution)
+        if ms is None:
+            continue
+        row["measured_latency_ms"] = ms
+        summary["measured"][row["key"]] = ms
+        log(f"latency of {row['label']}{' (B0)' if i == summary['chosen'] else ''} at {resolution}x{resolution}: "
+            f"measured {ms:.2f} ms, predicted {row['latency_ms']:.2f} ms, target {objective.latency_ms:g} ms")
 
 
 # -- outputs ----------------------------------------------------------------------------------
@@ -218,7 +243,17 @@ def verdict_line(summary: dict) -> str:
         return "stage 2: no verdict (B0 or the reference has fewer than 2 test scores)"
     return (f"verdict on test ({len(summary['seeds'])} fresh seeds): B0 ({v['b0']}) vs {v['reference']}: "
             f"{v['diff']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] 95% CI, Welch p = {v['p']:.3g}: "
-            f"{v['words']}, at {v['macs_ratio']:.0%} of its multiply-adds")
+            f"{v['words']}, at {v['macs_ratio']:.0%} of its multiply-adds{_latency_ratio(summary)}")
+
+
+def _latency_ratio(summary: dict) -> str:
+    """`, 27% of its measured latency` (predicted where nothing was measured), with a latency target."""
+    rows = {c["label"]: c for c in summary["candidates"]}
+    b0, ref = rows[summary["verdict"]["b0"]], rows[summary["verdict"]["reference"]]
+    for key, word in (("measured_latency_ms", "measured"), ("latency_ms", "predicted")):
+        if b0.get(key) and ref.get(key):
+            return f" and {b0[key] / ref[key]:.0%} of its {word} latency"
+    return ""
 
 
 def markdown(summary: dict, budget: ProxyBudget) -> str:
@@ -231,9 +266,14 @@ def markdown(summary: dict, budget: ProxyBudget) -> str:
              "| architecture | MACs | params | runs ok | search-val accuracy | val reward | test accuracy | "
              "test reward |",
              "|---|---|---|---|---|---|---|---|"]
+    latency = any(c.get("latency_ms") is not None for c in summary["candidates"])
+    if latency:  # beside MACs: predicted (the table) / measured end to end (B0 and the reference)
+        lines[-2] = lines[-2].replace("| MACs |", "| MACs | latency predicted / measured |")
+        lines[-1] += "---|"
     for i, c in enumerate(summary["candidates"]):
         mark = " (B0)" if i == summary["chosen"] else ""
-        lines.append(f"| {c['label']}{mark} | {_m(c['macs'])} | {_m(c['params'])} | {c['ok']}/{c['runs']} | "
+        lat = f" {_ms(c.get('latency_ms'))} / {_ms(c.get('measured_latency_ms'))} |" if latency else ""
+        lines.append(f"| {c['label']}{mark} | {_m(c['macs'])} |{lat} {_m(c['params'])} | {c['ok']}/{c['runs']} | "
                      f"{_pm(c['val'])} | {_f(c['val_reward'])} | {_pm(c['test'])} | {_f(c['test_reward'])} |")
     lines += ["", verdict_line(summary), ""]
     return "\n".join(lines)
@@ -241,6 +281,10 @@ def markdown(summary: dict, budget: ProxyBudget) -> str:
 
 def _m(v: Any) -> str:
     return "-" if v is None else f"{v / 1e6:.1f}M"
+
+
+def _ms(v: Any) -> str:
+    return "-" if v is None else f"{v:.2f} ms"
 
 
 def _f(v: Any) -> str:
@@ -260,11 +304,12 @@ def write_outputs(summary: dict, out: str | Path, budget: ProxyBudget, objective
     w.writerow(CSV_COLUMNS)
     for r in summary["records"]:
         c = by_key[r["key"]]
-        val, test = r["accuracy"], r.get("test_accuracy")
+        val, test, lat = r["accuracy"], r.get("test_accuracy"), r.get("latency_ms")
         w.writerow([c["label"], "" if c["trial"] is None else c["trial"], r["key"], r["macs"], r["params"],
                     seed_of(r), r["status"], _cell(val), _cell(test),
-                    _cell(objective.reward(val, r["macs"]) if val is not None else None),
-                    _cell(objective.reward(test, r["macs"]) if test is not None else None)])
+                    _cell(objective.reward(val, r["macs"], lat) if val is not None else None),
+                    _cell(objective.reward(test, r["macs"], lat) if test is not None else None),
+                    _cell(lat), _cell(c.get("measured_latency_ms"))])
     write_atomic(Path(out) / "final.csv", buf.getvalue())
     write_atomic(Path(out) / "final.md", markdown(summary, budget))
 

@@ -30,6 +30,7 @@ from nas.store import Checkpoint, Store
 
 CHECKPOINT_NAME = "controller"
 CAP_REASON = "stopped after"  # how the max_proposals stop reason starts
+COMPUTE_REASON = "compute budget reached:"  # how the max_epochs stop reason starts
 
 
 @dataclass
@@ -41,7 +42,7 @@ class LoopSettings:
     (a controller stuck proposing untrainable or known architectures ends the run).
     """
 
-    target: int
+    target: Optional[int]           # multiply-add target (None: latency only)
     alpha: float = -0.07
     beta: float = -0.07
     trials: int = 24
@@ -49,6 +50,20 @@ class LoopSettings:
     max_proposals: int = 0          # 0: 50 x trials + 100
     target_resolution: int = 224
     chance: float = 0.1             # accuracy of a model that learned nothing (1/classes)
+    latency_ms: Optional[float] = None  # latency target; where it is predicted (nas.latency_cost):
+    latency_device: str = "cpu"
+    latency_batch: int = 1
+    latency_threads: int = 1
+    latency_table: Optional[str] = None
+    # cheaper trials (README "Early stopping and the prefilter"): nas.asha, nas.prefilter
+    early_stop: str = "off"           # 'asha': stop trials at rungs (nas.asha)
+    eta: int = 3
+    min_fraction: float = 1 / 9
+    prefilter: str = ""               # a nas.zero_cost score: train the best 1 in prefilter_ratio
+    prefilter_ratio: int = 1
+    prefilter_budget: Optional[dict] = None  # the proxy budget: the scoring batch's dataset
+    max_epochs: float = 0.0           # start no trial once this many epochs are trained (0: no limit)
+    epochs: float = 0.0               # one trial's budget in epochs (what --max-epochs counts)
 
     def __post_init__(self) -> None:
         self.cost_window = (float(self.cost_window[0]), float(self.cost_window[1]))
@@ -57,7 +72,8 @@ class LoopSettings:
 
     @property
     def objective(self) -> Objective:
-        return Objective(self.target, self.alpha, self.beta)
+        return Objective(self.target, self.alpha, self.beta, self.latency_ms, self.latency_device,
+                         self.latency_batch, self.latency_threads, self.latency_table)
 
 
 def cost_only_reward(macs: int, target: int, chance: float) -> float:
@@ -67,8 +83,7 @@ def cost_only_reward(macs: int, target: int, chance: float) -> float:
     any model that learned something), and rising toward the target from both sides, so
     a learning controller is pulled back into the window rather than just pushed away.
     """
-    m = max(macs, 1) / float(target)
-    return float(chance) * min(m, 1.0 / m)
+    return Objective(int(target)).cost_only_reward(max(macs, 1), None, chance)
 
 
 @dataclass
@@ -80,21 +95,37 @@ class ControllerRecipe:
     kwargs: dict = field(default_factory=dict)
 
     @classmethod
-    def for_run(cls, name: str, seed: int, trials: int) -> "ControllerRecipe":
-        """The search's sizing: evolution's population ~ trials/3, tournament ~ population/3."""
+    def for_run(cls, name: str, seed: int, trials: int, target: int | None = None,
+                cost_window: Sequence[float] | None = None, target_resolution: int = 224) -> "ControllerRecipe":
+        """The search's sizing: evolution's population ~ trials/3, tournament ~ population/3;
+        the predictor's random start ~ trials/4 (5 to 20), and the cost window in
+        multiply-adds (when `target` and `cost_window` are given) so that it can skip
+        candidates the search would not train."""
         kwargs: dict[str, Any] = {}
         if name == "evolution":
             pop = max(4, min(50, trials // 3))
             kwargs = dict(population_size=pop, sample_size=max(2, min(10, pop // 3)))
+        elif name == "predictor":
+            kwargs = dict(initial_random=max(5, min(20, trials // 4)))
+            if target is not None and cost_window is not None:
+                kwargs.update(cost_window_macs=[float(cost_window[0]) * target, float(cost_window[1]) * target],
+                              target_resolution=int(target_resolution))
         return cls(name, int(seed), kwargs)
 
     def build(self, space: Any) -> Any:
         """The controller over `space`'s decisions; de-duplicating by the space's key where
-        the controller supports it. ValueError for an unknown name or bad kwargs."""
+        the controller supports it (and, for the predictor, costing candidates with the
+        analytic multiply-adds at the target resolution). ValueError for an unknown name
+        or bad kwargs."""
         import controllers
         kwargs = dict(self.kwargs)
-        if self.name in ("evolution", "random"):
+        if self.name in ("evolution", "random", "predictor"):
             kwargs["key_fn"] = space.key
+        if self.name == "predictor" and "cost_window_macs" in kwargs:
+            from search_space import cost
+            res = int(kwargs.pop("target_resolution", 224))
+            kwargs["window"] = tuple(kwargs.pop("cost_window_macs"))
+            kwargs["cost_fn"] = lambda c: cost.macs(space.decode(list(c), num_classes=1000, resolution=res), res)
         return controllers.make(self.name, space.decisions, seed=self.seed, **kwargs)
 
     def to_dict(self) -> dict:
@@ -133,6 +164,9 @@ class SearchLoop(_Records):
     another process, as the NNI engine does). `reference` (an ArchSpec or None) is
     trained once under the same budget, recorded as kind 'reference' and never told.
     `listeners` get every new trial record (dict, as stored): progress, TensorBoard.
+    Cheaper trials hook in at three points, their logic kept in their modules: `rung`
+    (ASHA's decision, asked by the engines: nas.asha), the proposal about to be trained
+    (held for a prefilter batch: nas.prefilter) and `_compute_full` (--max-epochs).
     """
 
     def __init__(self, store: Store, space: Any, controller: Any, settings: LoopSettings,
@@ -155,6 +189,15 @@ class SearchLoop(_Records):
         self._history: dict[int, Any] = {}  # proposal id -> key (or choices) of the replayed history
         self._history_last = 0           # the last trial id read into it
         self._history_keys: Optional[bool] = None  # whether the store's keys are the controller's
+        from nas.asha import Asha, epochs_of
+        from nas.prefilter import Prefilter
+        s = settings
+        self.asha = Asha(store, s.eta, s.min_fraction) if s.early_stop == "asha" else None
+        self.prefilter = Prefilter(s.prefilter, s.prefilter_ratio, s.prefilter_budget) \
+            if s.prefilter and s.prefilter_ratio > 1 else None
+        # --max-epochs: the epochs trained so far, read once, then kept by `complete`
+        self.epochs_trained = sum(epochs_of(r, s.epochs) for r in store.trials("search", "trained")) \
+            if s.max_epochs else 0.0
         self._restore()
 
     # -- handing over, restoring -----------------------------------------------------------
@@ -185,6 +228,9 @@ class SearchLoop(_Records):
         self.stop_reason = self.store.get_meta("stop_reason", "") or ""
         if self.stop_reason.startswith(CAP_REASON) and self._asks < self.s.max_proposals:
             self._stop("")  # resumed with more --trials: the cap on proposals has risen
+        if self.stop_reason.startswith(COMPUTE_REASON) and not (
+                self.s.max_epochs and self.epochs_trained >= self.s.max_epochs):
+            self._stop("")  # resumed with a higher (or no) --max-epochs
 
     def refresh(self) -> None:
         """Re-read the controller checkpoint and stop reason (another process drove the loop)."""
@@ -236,6 +282,29 @@ class SearchLoop(_Records):
     def max_jobs(self) -> int:
         return max(1, self.s.trials - self.trained + len(self.store.pending()) + 1)
 
+    def _compute_full(self) -> bool:
+        """--max-epochs: no new trial once the epochs trained plus those in flight (each
+        counted in full) reach the limit; the run stops when nothing is in flight."""
+        if not self.s.max_epochs or self.epochs_trained + self._in_flight() * self.s.epochs < self.s.max_epochs:
+            return False
+        if not self._in_flight():
+            self._stop(f"{COMPUTE_REASON} {self.epochs_trained:g} epochs trained (--max-epochs {self.s.max_epochs:g})")
+        return True
+
+    def rung(self, job: Job, rung: int, accuracy: float) -> bool:
+        """ASHA: whether a search trial reporting `accuracy` at `rung` goes on (engines ask)."""
+        with self.lock:
+            if self.asha is None or job.kind != "search":
+                return True
+            return self.asha.decide(job.proposal_id, rung, accuracy)
+
+    def _decide_held(self) -> Optional[Job]:
+        """A stop with a prefilter batch half full: the best of it is still trained."""
+        job = self.prefilter.decide(self) if self.prefilter is not None else None
+        if job is not None:
+            self.in_flight[job.name] = job
+        return job
+
     def _reference_missing(self) -> bool:
         return self.reference is not None and self.store.trial("reference", 0) is None
 
@@ -243,12 +312,18 @@ class SearchLoop(_Records):
     def initial_jobs(self) -> list[Job]:
         """Jobs pending in the store (running when the run stopped), then the reference."""
         with self.lock:
-            jobs, followers = [], []
+            jobs, followers, held = [], [], []
             for d in self.store.pending():
                 if d["kind"] not in ("search", "reference"):
                     continue  # e.g. grid jobs: their own BatchSource re-queues them
+                if self.prefilter is not None and (d.get("prefilter") or {}).get("held"):
+                    held.append(d)  # collected for a prefilter batch (nas.prefilter)
+                    continue
                 job = Job.from_dict({**d, "attempt": d.get("attempt", 1)})
                 (followers if d.get("follows") else jobs).append(job)
+            winner = self.prefilter.restore(self, held) if held else None
+            if winner is not None:
+                jobs.append(winner)
             for f in followers:  # waiting for a twin: told from its record, or wait again
                 cached = self.store.find_key(f.key, "search")
                 if cached is not None:
@@ -258,7 +333,7 @@ class SearchLoop(_Records):
                 else:
                     jobs.append(f)
             if self._reference_missing() and not any(j.kind == "reference" for j in jobs):
-                job = new_job("reference", 0, self.reference, self.s.target_resolution)
+                job = new_job("reference", 0, self.reference, self.s.target_resolution, objective=self.objective)
                 self.store.add_pending(job.kind, job.proposal_id, _job_row(job))
                 jobs.insert(0, job)
             for j in jobs:
@@ -270,21 +345,30 @@ class SearchLoop(_Records):
         from controllers import SpaceExhausted
         with self.lock:
             while not self.stop_reason and self.trained + self._in_flight() < self.s.trials:
+                if self._compute_full():
+                    return None
                 if self._asks >= self.s.max_proposals:
                     self._stop(f"{CAP_REASON} {self._asks} proposals: the controller keeps proposing "
                                "architectures outside the cost window or already evaluated")
-                    return None
+                    return self._decide_held()
                 try:
                     proposal = self.controller.ask()
                 except SpaceExhausted as exc:
                     self._stop(f"search space exhausted ({exc})")
-                    return None
+                    return self._decide_held()
                 self._asks += 1
                 job = self._make_job(proposal)
                 if job is not None:
                     self._proposals[proposal.id] = proposal
+                    if self.asha is not None:
+                        job.rungs = self.asha.decision_fractions
+                    if self.prefilter is not None:
+                        job = self.prefilter.offer(self, job)  # None: held until its batch is full
+                        if job is None:
+                            continue
+                    else:
+                        self.store.add_pending(job.kind, job.proposal_id, _job_row(job), self._ckpt())
                     self.in_flight[job.name] = job
-                    self.store.add_pending(job.kind, job.proposal_id, _job_row(job), self._ckpt())
                     return job
             return None
 
@@ -292,13 +376,15 @@ class SearchLoop(_Records):
         """A Job to train, or None after telling and recording a cost-only/cached result (or
         parking the proposal until the same architecture, in flight now, has finished)."""
         spec = self.space.decode(list(proposal.choices), num_classes=1000, resolution=self.s.target_resolution)
-        job = new_job("search", proposal.id, spec, self.s.target_resolution, list(proposal.choices))
+        job = new_job("search", proposal.id, spec, self.s.target_resolution, list(proposal.choices), self.objective)
         lo, hi = self.s.cost_window
-        if not lo * self.s.target <= job.macs <= hi * self.s.target:
-            r = cost_only_reward(job.macs, self.s.target, self.s.chance)
+        ratios = self.objective.ratios(job.macs, job.latency_ms)  # the window applies to each target
+        outside = [f"{name} {m:.2f}x target" for name, m in ratios.items() if not lo <= m <= hi]
+        if outside:
+            r = self.objective.cost_only_reward(job.macs, job.latency_ms, self.s.chance)
             self.controller.tell(proposal, r)
             self._tells += 1
-            note = (f"MACs {job.macs / self.s.target:.2f}x target, outside the cost window [{lo:g}, {hi:g}]: "
+            note = (f"{', '.join(outside)}, outside the cost window [{lo:g}, {hi:g}]: "
                     "reward from cost alone, not trained")
             self._write(trial_record(job, TrialResult(status="skipped", message=note), self.objective, told=True,
                                      source="cost-only", reward=r), self._ckpt())
@@ -348,6 +434,9 @@ class SearchLoop(_Records):
             ckpt = self._tell(self._proposal(job), rec["status"], rec["reward"]) if search else None
             self.in_flight.pop(job.name, None)
             rec = self._write(rec, ckpt)
+            if search and self.s.max_epochs:
+                from nas.asha import epochs_of
+                self.epochs_trained += epochs_of(rec, self.s.epochs)
             for f in self._followers.pop(job.key, []) if search else []:
                 self._tell_cached(self._proposal(f), f, rec)
             return rec
@@ -392,7 +481,7 @@ class BatchSource(_Records):
             raise ValueError("BatchSource needs one override and one distinct id per spec")
         self.jobs = []
         for pid, spec, extra in zip(self.ids, self.specs, self.overrides):
-            job = new_job(kind, pid, spec, target_resolution)
+            job = new_job(kind, pid, spec, target_resolution, objective=objective)
             job.overrides = dict(extra) if extra else None
             self.jobs.append(job)
         for job in self.jobs:

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Optional, Sequence, TextIO
 from search_space.fileio import write_atomic as atomic_write
 
 CSV_COLUMNS = ("id", "kind", "proposal_id", "source", "status", "accuracy", "reward", "macs", "params",
-               "key", "choices", "epoch_accuracies", "wall_time", "worker", "attempt", "queued_at",
+               "latency_ms", "key", "choices", "epoch_accuracies", "wall_time", "worker", "attempt", "queued_at",
                "started_at", "finished_at", "message")
 
 
@@ -124,25 +124,41 @@ def _plot_trials(fig: Any, ax: Any, ok: list, bad: list, skipped: list, lo: floa
                        alpha=max(0.15, min(1.0, (300 / len(group)) ** 0.5)), rasterized=many, **kw)
 
 
+def _log_x(ax, lo: float, hi: float) -> None:
+    """A log x axis from lo to hi labelled in plain numbers (costs span a few octaves)."""
+    import matplotlib.ticker
+
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    plain = matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+
+
 def plot_pareto(rows: Sequence[dict], path: str | Path, target: int, alpha: float, beta: float,
                 best: Optional[dict] = None, reference: Optional[dict] = None, window: tuple | None = None,
-                final: Optional[dict] = None) -> None:
+                final: Optional[dict] = None, latency_target: Optional[float] = None) -> None:
     """Validation accuracy against MACs: every trained trial (their density from
     DENSE_FROM on) with the Pareto front on top, reward iso-lines, the target
     (and cost window), the best circled, the reference B0 marked; with `final` (a
-    `nas.final.summarize` result) the stage-2 test accuracies, mean ± sd over seeds."""
+    `nas.final.summarize` result) the stage-2 test accuracies, mean ± sd over seeds.
+    With a latency target, a second panel: accuracy against predicted latency
+    (`_latency_panel`). `target` None (latency only): the MACs panel has no target line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    if latency_target:
+        fig, (ax, lax) = plt.subplots(1, 2, figsize=(15, 5.5), dpi=110)
+    else:
+        fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     trained = [r for r in rows if r.get("source") == "trained" and r.get("kind") == "search"]
     ok = [r for r in trained if r.get("status") == "ok" and r.get("accuracy") is not None]
     bad = [r for r in trained if r.get("status") != "ok" or r.get("accuracy") is None]
     skipped = [r for r in rows if r.get("source") == "cost-only"]
-    macs_all = [r["macs"] for r in rows if r.get("macs")] + [target]
+    macs_all = [r["macs"] for r in rows if r.get("macs")] + ([target] if target else [])
     lo, hi = min(macs_all) * 0.8 / 1e6, max(macs_all) * 1.2 / 1e6
     staged = [c for c in (final or {}).get("candidates", []) if c["test"]["mean"] is not None]
     accs = [r["accuracy"] for r in ok] + ([reference["accuracy"]] if reference and reference.get("accuracy") else [])
@@ -152,16 +168,17 @@ def plot_pareto(rows: Sequence[dict], path: str | Path, target: int, alpha: floa
     _plot_trials(fig, ax, ok, bad, skipped, lo, hi, ylo, yhi)
     xs = np.geomspace(max(lo, 1e-3), hi, 200)
     best_reward = best["reward"] if best and best.get("reward") else None
-    w = np.where(xs * 1e6 <= target, alpha, beta)
-    for i, level in enumerate(np.linspace(ylo + 0.02, yhi, 4)):
+    w = np.where(xs * 1e6 <= (target or 0), alpha, beta)
+    for i, level in enumerate(np.linspace(ylo + 0.02, yhi, 4) if target else ()):
         # reward = acc * (m/T)^w  =>  acc = reward / (m/T)^w
         ax.plot(xs, level / (xs * 1e6 / target) ** w, ls=":", lw=1, c="0.6",
                 label="reward iso-lines" if i == 0 else None, zorder=1)
-    if best_reward:
+    if best_reward and target and not latency_target:  # with two terms, a MACs iso-line alone would mislead
         ax.plot(xs, best_reward / (xs * 1e6 / target) ** w, ls="--", lw=1, c="tab:orange", alpha=0.7,
                 label=f"iso-line of the best reward {best_reward:.3f}", zorder=1)
-    ax.axvline(target / 1e6, c="k", lw=1.2, ls="--", label=f"target T = {target / 1e6:g}M")
-    if window:
+    if target:
+        ax.axvline(target / 1e6, c="k", lw=1.2, ls="--", label=f"target T = {target / 1e6:g}M")
+    if window and target:
         ax.axvspan(window[0] * target / 1e6, min(window[1] * target / 1e6, hi), color="tab:green", alpha=0.06,
                    label="cost window (trained)")
     if best:
@@ -174,12 +191,7 @@ def plot_pareto(rows: Sequence[dict], path: str | Path, target: int, alpha: floa
         ax.errorbar([c["macs"] / 1e6 for c in staged], [c["test"]["mean"] for c in staged],
                     yerr=[c["test"]["sd"] for c in staged], fmt="D", ms=6, c="tab:green", capsize=4, zorder=5,
                     label=f"stage 2 on test: mean ± sd over {len(final['seeds'])} fresh seeds")
-    ax.set_xscale("log")
-    ax.set_xlim(lo, hi)
-    plain = matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}")
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="x", which="minor", labelsize=7)
+    _log_x(ax, lo, hi)
     ax.set_ylim(ylo, yhi)
     ax.set_xlabel("multiply-adds (millions, at the target resolution)")
     ax.set_ylabel("proxy accuracy (search-validation; stage 2: test)" if staged else
@@ -187,11 +199,52 @@ def plot_pareto(rows: Sequence[dict], path: str | Path, target: int, alpha: floa
     ax.set_title("Search: accuracy vs multiply-adds")
     ax.grid(alpha=0.25, which="both")
     ax.legend(fontsize=7, loc="lower right")
+    if latency_target:
+        _latency_panel(lax, ok, latency_target, best, reference, window, staged, (ylo, yhi))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     atomic_write(path, buf.getvalue())
+
+
+def _latency_panel(ax: Any, ok: list, target_ms: float, best: Optional[dict], reference: Optional[dict],
+                   window: tuple | None, staged: list, ylim: tuple) -> None:
+    """Accuracy against predicted latency (ms, log axis): trained trials with a latency, their
+    Pareto front, the latency target and its cost window, B0 and the reference; stage 2's B0
+    and reference at their *measured* latency (test accuracy, mean ± sd)."""
+
+    pts = [r for r in ok if r.get("latency_ms")]
+    if pts:
+        ax.scatter([r["latency_ms"] for r in pts], [r["accuracy"] for r in pts], s=22 if len(pts) <= 300 else 8,
+                   c="tab:blue", alpha=0.7 if len(pts) <= 300 else 0.3, edgecolors="none",
+                   label=f"trained ({len(pts)}), predicted latency", zorder=3, rasterized=len(pts) > 300)
+        front = pareto_front([{**r, "macs": r["latency_ms"]} for r in pts])
+        ax.step([r["macs"] for r in front], [r["accuracy"] for r in front], where="post", c="tab:red", lw=1.4,
+                zorder=5, label=f"Pareto front ({len(front)} trials)")
+    xs = [r["latency_ms"] for r in pts] + [target_ms]
+    lo, hi = min(xs) * 0.8, max(xs) * 1.25
+    ax.axvline(target_ms, c="k", lw=1.2, ls="--", label=f"latency target {target_ms:g} ms")
+    if window:
+        ax.axvspan(window[0] * target_ms, min(window[1] * target_ms, hi), color="tab:green", alpha=0.06,
+                   label="cost window (trained)")
+    for r, kw in ((best, dict(s=260, facecolors="none", edgecolors="tab:orange", linewidths=2.2, label="best (B0)")),
+                  (reference, dict(marker="*", s=160, c="tab:purple", label="EfficientNet-B0"))):
+        if r and r.get("latency_ms") and r.get("accuracy") is not None:
+            ax.scatter([r["latency_ms"]], [r["accuracy"]], zorder=4, **kw)
+    measured = [c for c in staged if c.get("measured_latency_ms")]
+    if measured:
+        ax.errorbar([c["measured_latency_ms"] for c in measured], [c["test"]["mean"] for c in measured],
+                    yerr=[c["test"]["sd"] for c in measured], fmt="D", ms=6, c="tab:green", capsize=4, zorder=5,
+                    label="stage 2: measured latency, test accuracy")
+        lo, hi = min(lo, min(c["measured_latency_ms"] for c in measured) * 0.8), max(
+            hi, max(c["measured_latency_ms"] for c in measured) * 1.25)
+    _log_x(ax, lo, hi)
+    ax.set_ylim(*ylim)
+    ax.set_xlabel("latency (ms; trials: predicted by the latency table)")
+    ax.set_title("Search: accuracy vs latency")
+    ax.grid(alpha=0.25, which="both")
+    ax.legend(fontsize=7, loc="lower right")
 
 
 def _fmt(v: Any, spec: str = ".4f") -> str:
@@ -200,24 +253,39 @@ def _fmt(v: Any, spec: str = ".4f") -> str:
     return format(v, spec)
 
 
-def summary_table(best: Optional[dict], reference: Optional[dict], counts: dict[str, int], target: int,
+def summary_table(best: Optional[dict], reference: Optional[dict], counts: dict[str, int], target: Optional[int],
                   wall: float, out_dir: str | Path, family: Optional[Sequence[dict]] = None,
-                  stop_reason: str = "", final: Optional[str] = None) -> str:
-    """The closing summary printed on stdout (Markdown-ish, readable in a terminal)."""
+                  stop_reason: str = "", final: Optional[str] = None, latency_target: Optional[float] = None,
+                  measured: Optional[dict] = None) -> str:
+    """The closing summary printed on stdout (Markdown-ish, readable in a terminal). With a
+    latency target, a latency column beside MACs: predicted, and measured end to end where
+    stage 2 measured it (`measured`: key -> ms); "within target" then judges the measured
+    latency where there is one."""
     lines = [f"Search finished in {wall / 60:.1f} min: {counts.get('trained', 0)} trained "
              f"({counts.get('failed', 0)} failed), {counts.get('cost-only', 0)} outside the cost window, "
-             f"{counts.get('cache', 0)} cached.  Results in {out_dir}/"]
+             f"{counts.get('cache', 0)} cached"
+             + (f", {counts['stopped']} of the trained stopped early (ASHA)" if counts.get("stopped") else "")
+             + (f", {counts['prefilter']} prefiltered out" if counts.get("prefilter") else "")
+             + f".  Results in {out_dir}/"]
     if stop_reason:
         lines.append(f"Note: {stop_reason}")
-    lines += ["", "| model | search-val accuracy (proxy, 1 seed) | MACs | params | reward | within target |",
-              "|---|---|---|---|---|---|"]
+    lat_col = " latency predicted / measured |" if latency_target else ""
+    lines += ["", f"| model | search-val accuracy (proxy, 1 seed) | MACs |{lat_col} params | reward | within target |",
+              "|---|---|---|---|---|---|" + ("---|" if latency_target else "")]
     for name, r in (("B0 found", best), ("EfficientNet-B0", reference)):
         if r is None:
             continue
-        lines.append(f"| {name} | {_fmt(r.get('accuracy'))} | {r['macs'] / 1e6:.1f}M | {r['params'] / 1e6:.2f}M | "
-                     f"{_fmt(r.get('reward'))} | {'yes' if r['macs'] <= target else 'no'} |")
+        within = target is None or r["macs"] <= target
+        lat = ""
+        if latency_target:
+            seen = (measured or {}).get(r.get("key"))
+            lat = f" {_fmt(r.get('latency_ms'), '.2f')} ms / {_fmt(seen, '.2f')}{' ms' if seen else ''} |"
+            judged = seen if seen is not None else r.get("latency_ms")
+            within = within and judged is not None and judged <= latency_target
+        lines.append(f"| {name} | {_fmt(r.get('accuracy'))} | {r['macs'] / 1e6:.1f}M |{lat} {r['params'] / 1e6:.2f}M | "
+                     f"{_fmt(r.get('reward'))} | {'yes' if within else 'no'} |")
     if best is None:
-        lines.append("| B0 found | no trial finished ok | | | | |")
+        lines.append("| B0 found | no trial finished ok | | | | |" + (" |" if latency_target else ""))
     if final:
         lines += ["", "Stage 2 (fresh seeds; B0 chosen on search-validation, judged on test):", final.rstrip()]
     if best is not None:
@@ -267,7 +335,7 @@ class Progress:
         if rec.get("kind") != self.kind or rec.get("source") != "trained":
             return
         self.done += 1
-        if rec.get("status") != "ok":
+        if rec.get("status") not in ("ok", "stopped"):  # stopped (ASHA) is not a failure
             self.failed += 1
         value = rec.get(self.metric)
         if value is not None and rec.get("status") == "ok":

@@ -8,7 +8,8 @@ from typing import Any
 
 # ok: trained and scored. skipped: cost outside the window, reward from cost alone.
 # diverged: NaN/Inf loss. oom: out of memory. failed: an exception. timeout: over the limit.
-STATUSES = ("ok", "skipped", "diverged", "oom", "failed", "timeout")
+# stopped: early-stopped at a rung by ASHA (`nas.asha`): trained, not failed, not a B0 candidate.
+STATUSES = ("ok", "skipped", "diverged", "oom", "failed", "timeout", "stopped")
 FAILED_STATUSES = ("diverged", "oom", "failed", "timeout")
 
 
@@ -25,6 +26,7 @@ class TrialResult:
     images_per_sec: float | None = None
     message: str = ""
     test_accuracy: float | None = None   # only when the budget asked for it (stage 2)
+    stopped_at: dict | None = None       # status 'stopped': {"rung", "fraction", "accuracy"} (nas.asha)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

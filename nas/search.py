@@ -81,7 +81,10 @@ def controller_recipe(opts: dict, space: Any) -> Any:
     """The controller named in opts, sized for the run; built once here so that a bad
     setting is a one-line error before `--out` exists."""
     from nas.loop import ControllerRecipe
-    recipe = ControllerRecipe.for_run(opts["controller"], int(opts["seed"]), int(opts["trials"]))
+    recipe = ControllerRecipe.for_run(opts["controller"], int(opts["seed"]), int(opts["trials"]),
+                                      target=None if opts.get("target_flops") is None else int(opts["target_flops"]),
+                                      cost_window=cfg.parse_window(opts["cost_window"]),
+                                      target_resolution=int(opts["target_resolution"]))
     try:
         recipe.build(space)
     except ValueError as exc:
@@ -101,9 +104,9 @@ def validate(opts: dict, given: set, stored: Optional[dict] = None) -> Setup:
     from nas.loop import LoopSettings
     from nas.reward import preset
 
-    if opts.get("target_flops") is None:
-        raise UserError("--target-flops is required (e.g. --target-flops 400M)")
-    target = int(opts["target_flops"])
+    if opts.get("target_flops") is None and opts.get("target_latency") is None:
+        raise UserError("a target is required: --target-flops (e.g. 400M) and/or --target-latency (e.g. 20ms)")
+    target = None if opts.get("target_flops") is None else int(opts["target_flops"])
     alpha0, beta0 = preset(opts["reward"])
     opts["alpha"] = alpha0 if opts.get("alpha") is None else float(opts["alpha"])
     opts["beta"] = beta0 if opts.get("beta") is None else float(opts["beta"])
@@ -165,12 +168,26 @@ def validate(opts: dict, given: set, stored: Optional[dict] = None) -> Setup:
                          batch_size=int(opts["batch_size"]), seed=int(opts["seed"]), device=device,
                          time_limit=float(opts["trial_timeout"]))
     num_classes = _check_data(budget, opts, elsewhere)
+    from nas.latency_cost import settings_from
+    latency = settings_from(opts, given, space, ref)  # the table opened and checked here, in this process
     settings = LoopSettings(target=target, alpha=opts["alpha"], beta=opts["beta"], trials=int(opts["trials"]),
                             cost_window=window, target_resolution=int(opts["target_resolution"]),
-                            chance=1.0 / num_classes)
+                            chance=1.0 / num_classes, **latency, **cheaper_trials(opts, budget))
     ctx = EvalContext(budget=budget, evaluator=opts["evaluator"])
     return Setup(opts=opts, space=space, budget=budget, ctx=ctx, settings=settings, reference=ref,
                  recipe=recipe, engine=engine, slots=slots, phis=phis)
+
+
+def cheaper_trials(opts: dict, budget: Any) -> dict:
+    """LoopSettings of --early-stop/--eta/--min-fraction, --prefilter/--prefilter-ratio and
+    --max-epochs (nas.asha, nas.prefilter), checked (one-line UserError); `opts` normalised."""
+    from nas import asha, prefilter
+    mode, eta, fraction = asha.check(opts.get("early_stop"), opts.get("eta", 3), opts.get("min_fraction", "1/9"))
+    score, ratio = prefilter.check(opts.get("prefilter"), opts.get("prefilter_ratio", 1))
+    opts.update(early_stop=mode, eta=eta, prefilter=score or "none", prefilter_ratio=ratio)
+    return dict(early_stop=mode, eta=eta, min_fraction=fraction, prefilter=score, prefilter_ratio=ratio,
+                prefilter_budget=budget.to_dict() if score else None, max_epochs=float(opts.get("max_epochs") or 0),
+                epochs=float(budget.epochs))
 
 
 def _check_data(budget: Any, opts: dict, elsewhere: bool = False) -> int:
@@ -243,6 +260,10 @@ def _open_and_search(setup: Setup, opts: dict, stored: Optional[dict], t0: float
         store.set_config(record)
         store.requeue_pending()  # jobs that were running when the run stopped: attempt + 1
         store.set_meta("state", "running")
+    s = setup.settings
+    if s.latency_ms:  # --out exists now: the latency table measured here may be written
+        from nas.latency_cost import start_saving
+        start_saving(s.latency_device, s.latency_batch, s.latency_threads, s.latency_table)
     try:
         with sigterm_as_interrupt():
             return _search(setup, store, t0)
@@ -280,14 +301,17 @@ def _interrupted(store: Any, setup: Setup) -> None:
 def _search(setup: Setup, store: Any, t0: float) -> int:
     from nas import report
     from nas.loop import SearchLoop
+    from nas.records import best_trial
 
     opts = setup.opts
     out = Path(opts["out"])
     done = store.count("search")
-    failed = sum(1 for r in store.trials("search", "trained") if r["status"] != "ok")
+    history = store.trials()  # read once: a resumed run's store may hold tens of thousands of rows
+    searched = [r for r in history if r["kind"] == "search" and r["source"] == "trained"]
+    failed = sum(1 for r in searched if r["status"] not in ("ok", "stopped"))
     progress = report.Progress(setup.settings.trials, done=done, failed=failed,
                                enabled=not (opts.get("no_progress") or opts.get("quiet")))
-    listeners: list = [progress, _refresh_files(store, out, setup)]
+    listeners: list = [progress, _refresh_files(store, out, setup, history)]
     tb = None
     if not opts.get("no_tensorboard"):
         from nas.tb import TBLogger
@@ -295,9 +319,11 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
         listeners.append(tb)
     loop = SearchLoop(store, setup.space, setup.recipe, setup.settings, reference=setup.reference,
                       listeners=listeners)
-    if loop.best() is not None:
-        progress.best = loop.best()["reward"]
-    _log(opts, f"search: target {setup.settings.target / 1e6:g}M MACs, {opts['controller']} controller, "
+    best0 = best_trial(searched)
+    if best0 is not None:
+        progress.best = best0["reward"]
+    del history, searched
+    _log(opts, f"search: target {_targets(setup.settings)}, {opts['controller']} controller, "
                f"{setup.settings.trials} trials on {len(setup.slots)} {setup.slots[0].split(':')[0]} worker(s), "
                f"{setup.budget.dataset} at {setup.budget.resolution}px for {setup.budget.epochs:g} epoch(s); "
                f"out: {out}" + (f" (resumed at {done} trials)" if opts.get("resume") else ""))
@@ -310,9 +336,9 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
     finally:
         progress.close()
     rows = store.trials()
-    best = loop.best()
+    best = best_trial(r for r in rows if r["kind"] == "search")
     reference = store.trial("reference", 0)
-    _write_outputs(store, out, setup, best, reference)
+    _write_outputs(store, out, setup, best, reference, rows=rows)
     final = None
     if not interrupted and best is not None and not opts.get("no_final"):
         try:
@@ -337,25 +363,41 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
                  {"best/reward": best and best["reward"], "best/accuracy": best and best["accuracy"]})
     counts = {"trained": store.count("search"), "cost-only": store.count("search", ("cost-only",)),
               "cache": store.count("search", ("cache",)),
-              "failed": sum(1 for r in rows if r["kind"] == "search" and r["source"] == "trained" and r["status"] != "ok")}
+              "failed": sum(1 for r in rows if r["kind"] == "search" and r["source"] == "trained"
+                            and r["status"] not in ("ok", "stopped")),
+              "stopped": sum(1 for r in rows if r["kind"] == "search" and r["source"] == "trained"
+                             and r["status"] == "stopped"),
+              "prefilter": store.count("search", ("prefilter",))}
     store.set_meta("state", "finished")
     print(report.summary_table(best, reference, counts, setup.settings.target, time.time() - t0, out, family,
-                               loop.stop_reason, final and _final_text(final, setup)))
+                               loop.stop_reason, final and _final_text(final, setup),
+                               latency_target=setup.settings.latency_ms, measured=(final or {}).get("measured")))
     if best is None:
         print(f"{PROG}: no trial finished ok, so there is no B0 (see {out}/trials.csv)", file=sys.stderr)
         return 1
     return 0
 
 
-def _refresh_files(store: Any, out: Path, setup: Setup):
+def _targets(s: Any) -> str:
+    """`400M MACs and 20 ms latency (cpu, batch 1)`: the run's targets in words."""
+    from nas.latency_cost import fmt_ms
+    parts = [] if s.target is None else [f"{s.target / 1e6:g}M MACs"]
+    if s.latency_ms:
+        parts.append(f"{fmt_ms(s.latency_ms)} latency ({s.latency_device}, batch {s.latency_batch})")
+    return " and ".join(parts)
+
+
+def _refresh_files(store: Any, out: Path, setup: Setup, history: Optional[list] = None):
     """Listener: keep trials.csv and best.yaml current after every trial, at a cost that
-    does not grow with the run (one appended line; best.yaml only when the best changes)."""
+    does not grow with the run (one appended line; best.yaml only when the best changes).
+    `history`: the store's rows, where the caller has read them already."""
     from nas import report
     from nas.records import best_trial
 
     csv_file = report.TrialsCsv(out / "trials.csv")
-    csv_file.rewrite(store.trials())  # once: the history of a resumed run
-    best = [best_trial(store.trials("search", "trained"))]
+    rows = store.trials() if history is None else history
+    csv_file.rewrite(rows)  # once: the history of a resumed run
+    best = [best_trial(r for r in rows if r["kind"] == "search")]
 
     def listener(rec: dict) -> None:
         csv_file(rec)
@@ -366,16 +408,16 @@ def _refresh_files(store: Any, out: Path, setup: Setup):
 
 
 def _write_outputs(store: Any, out: Path, setup: Setup, best: Optional[dict], reference: Optional[dict],
-                   final: Optional[dict] = None) -> None:
+                   final: Optional[dict] = None, rows: Optional[list] = None) -> None:
     from nas import report
-    rows = store.trials()
+    rows = store.trials() if rows is None else rows
     report.write_trials_csv(rows, out / "trials.csv")
     if best is not None:
         report.write_best(best, out, setup.settings.target_resolution)
     try:
         report.plot_pareto([r for r in rows if r["kind"] == "search"], out / "pareto.png", setup.settings.target,
                            setup.settings.alpha, setup.settings.beta, best, reference, setup.settings.cost_window,
-                           final=final)
+                           final=final, latency_target=setup.settings.latency_ms)
     except Exception as exc:  # noqa: BLE001 - a plot must not lose a finished search
         print(f"warning: pareto.png not written ({type(exc).__name__}: {exc})", file=sys.stderr)
 
@@ -417,6 +459,8 @@ def _stage2(setup: Setup, store: Any, out: Path) -> Optional[dict]:
     finally:
         progress.close()
     summary = stage2.summarize(candidates, seeds, source.records(), objective)
+    stage2.measure_latency(summary, candidates, objective, setup.settings.target_resolution,
+                           log=lambda m: _log(opts, m))
     stage2.write_outputs(summary, out, budget, objective)
     return summary
 

@@ -117,6 +117,7 @@ TRIAL_COLUMNS = (
     "attempt",            # 1 + times the job was re-queued (resume)
     "extra",              # JSON dict, engine-specific (e.g. NNI trial id)
     "test_accuracy",      # stage 2 only: accuracy on the held-out test part (nas.final)
+    "latency_ms",         # with a latency target: predicted latency (nas.records.new_job), else null
 )
 
 _SCHEMA = """
@@ -129,7 +130,7 @@ CREATE TABLE IF NOT EXISTS trials (
     epoch_accuracies TEXT, loss REAL, images_per_sec REAL,
     queued_at REAL, started_at REAL, finished_at REAL, wall_time REAL,
     worker TEXT, source TEXT NOT NULL, told INTEGER NOT NULL DEFAULT 0,
-    attempt INTEGER NOT NULL DEFAULT 1, extra TEXT, test_accuracy REAL,
+    attempt INTEGER NOT NULL DEFAULT 1, extra TEXT, test_accuracy REAL, latency_ms REAL,
     UNIQUE (kind, proposal_id)
 );
 CREATE INDEX IF NOT EXISTS trials_key ON trials (kind, key);
@@ -161,9 +162,12 @@ _SCALE_SCHEMA = (
     "ON CONFLICT (kind, source) DO UPDATE SET n = n + 1; END",
     "CREATE TABLE IF NOT EXISTS checkpoint_data (name TEXT NOT NULL, digest TEXT NOT NULL, "
     "data BLOB NOT NULL, PRIMARY KEY (name, digest))",
+    # ASHA's rung accuracies (nas.asha): one row per (trial, rung), kept across a resume
+    "CREATE TABLE IF NOT EXISTS rungs (kind TEXT NOT NULL, proposal_id INTEGER NOT NULL, "
+    "rung INTEGER NOT NULL, accuracy REAL NOT NULL, PRIMARY KEY (kind, proposal_id, rung))",
 )
 _SCALE_NAMES = frozenset({"trials_source", "trial_counts", "trial_counts_insert", "trial_counts_delete",
-                          "trial_counts_update", "checkpoint_data"})
+                          "trial_counts_update", "checkpoint_data", "rungs"})
 
 _JSON_COLUMNS = ("choices", "spec", "epoch_accuracies", "extra")
 
@@ -495,6 +499,9 @@ class Store:
         if "test_accuracy" not in have:
             with self._write():
                 self._conn.execute("ALTER TABLE trials ADD COLUMN test_accuracy REAL")
+        if "latency_ms" not in have:
+            with self._write():
+                self._conn.execute("ALTER TABLE trials ADD COLUMN latency_ms REAL")
 
     def close(self) -> None:
         try:
@@ -761,6 +768,18 @@ class Store:
             f"SELECT {', '.join(TRIAL_COLUMNS)} FROM trials INDEXED BY trials_key "
             "WHERE kind=? AND key=? AND source='trained' ORDER BY id LIMIT 1", (kind, key)).fetchone()
         return None if row is None else self._decode(row)
+
+    # -- ASHA rungs (nas.asha) -----------------------------------------------------------
+    def add_rung(self, kind: str, proposal_id: int, rung: int, accuracy: float) -> None:
+        """The accuracy a trial reached at a rung (a re-run after a kill replaces it)."""
+        with self._write():
+            self._conn.execute("INSERT OR REPLACE INTO rungs (kind, proposal_id, rung, accuracy) VALUES (?, ?, ?, ?)",
+                               (kind, int(proposal_id), int(rung), float(accuracy)))
+
+    def rungs(self, kind: str = "search") -> list[tuple[int, int, float]]:
+        """(proposal_id, rung, accuracy) of every rung report of `kind` (read once, at start)."""
+        return [(int(p), int(r), float(a)) for p, r, a in self._conn.execute(
+            "SELECT proposal_id, rung, accuracy FROM rungs WHERE kind=? ORDER BY proposal_id, rung", (kind,))]
 
     def trial(self, kind: str, proposal_id: int) -> dict[str, Any] | None:
         row = self._conn.execute(f"SELECT {', '.join(TRIAL_COLUMNS)} FROM trials WHERE kind=? AND proposal_id=?",

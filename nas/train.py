@@ -39,6 +39,14 @@ class _Timeout(Exception):
     pass
 
 
+class _Stopped(Exception):
+    """ASHA said stop at a rung (nas.asha): the result is status 'stopped'."""
+
+    def __init__(self, rung: int, fraction: float, accuracy: float) -> None:
+        super().__init__(rung, fraction, accuracy)
+        self.rung, self.fraction, self.accuracy = rung, fraction, accuracy
+
+
 def check_budget(budget: ProxyBudget) -> None:
     """One-line `UserError` for a budget that cannot run."""
     if budget.optimizer not in OPTIMIZERS:
@@ -151,12 +159,17 @@ def evaluate_accuracy(model: torch.nn.Module, data: ProxyData, bf16: bool, chann
 
 
 def train(spec, budget: ProxyBudget, data: ProxyData | None = None,
-          on_epoch: Callable[[int, float], None] | None = None) -> TrialResult:
+          on_epoch: Callable[[int, float], None] | None = None, rungs: list | None = None,
+          on_rung: Callable[[int, float], bool] | None = None) -> TrialResult:
     """Train `spec` for `budget` on the proxy dataset; always returns a TrialResult.
 
     `on_epoch(epoch, accuracy)` is called after each epoch's validation, so that an
     engine can report the learning curve while training runs (NNI's assessors use it
-    to stop a trial early).
+    to stop a trial early). ASHA (`nas.asha`): at each fraction in `rungs` of the total
+    steps the model is scored on search-validation and `on_rung(rung index, accuracy)`
+    asked; False ends the run as status 'stopped' with that accuracy. Scoring a rung
+    changes neither the weights nor the RNG, so a trial that goes on ends exactly as
+    without rungs.
     """
     check_budget(budget)
     device = resolve_device(budget.device)
@@ -171,8 +184,13 @@ def train(spec, budget: ProxyBudget, data: ProxyData | None = None,
     try:
         with torch.random.fork_rng(devices=[]):
             accuracy = _run(dataclasses.replace(spec, num_classes=num_classes), budget, data, state, start,
-                            on_epoch)
+                            on_epoch, rungs if on_rung is not None else None, on_rung)
         status, message = "ok", ""
+    except _Stopped as exc:
+        from .asha import stopped_result
+        stopped = stopped_result(exc.rung, exc.fraction, exc.accuracy)
+        accuracy, status, message = exc.accuracy, "stopped", stopped.message
+        state["stopped_at"] = stopped.stopped_at
     except _Diverged as exc:
         accuracy, status, message = None, "diverged", str(exc)
     except _Timeout as exc:
@@ -187,11 +205,13 @@ def train(spec, budget: ProxyBudget, data: ProxyData | None = None,
     ips = state["images"] / state["train_time"] if state["train_time"] > 0 else None
     return TrialResult(status=status, accuracy=accuracy, loss=state["loss"], epoch_accuracies=state["epoch_accuracies"],
                        wall_time=time.perf_counter() - start, images_per_sec=ips, message=message,
-                       test_accuracy=state["test_accuracy"] if status == "ok" else None)
+                       test_accuracy=state["test_accuracy"] if status == "ok" else None,
+                       stopped_at=state.get("stopped_at"))
 
 
 def _run(spec, budget: ProxyBudget, data: ProxyData, state: dict, start: float,
-         on_epoch: Callable[[int, float], None] | None) -> float:
+         on_epoch: Callable[[int, float], None] | None, rungs: list | None = None,
+         on_rung: Callable[[int, float], bool] | None = None) -> float:
     from search_space.model import build
 
     device = data.device
@@ -217,6 +237,10 @@ def _run(spec, budget: ProxyBudget, data: ProxyData, state: dict, start: float,
     warmup = min(total - 1, round(budget.warmup_epochs * per_epoch)) if budget.warmup_epochs else 0
     check_every = 1 if not cuda else 25  # a loss check syncs the GPU; on CPU it is free
     limit = budget.time_limit
+    # ASHA: the step of each decision rung (a fraction of the total steps; see train)
+    rung_at = {}
+    for i, f in enumerate(rungs or []):
+        rung_at.setdefault(min(total, max(1, round(float(f) * total))), []).append((i, float(f)))
 
     step = 0
     flagged = torch.zeros((), dtype=torch.bool, device=device)
@@ -247,6 +271,13 @@ def _run(spec, budget: ProxyBudget, data: ProxyData, state: dict, start: float,
                 if bool(flagged):
                     raise _Diverged(f"loss became NaN/Inf at step {step}")
                 state["loss"] = float(loss.detach())
+            for rung, fraction in rung_at.get(step, ()):
+                if bool(flagged):
+                    raise _Diverged(f"loss became NaN/Inf by step {step}")
+                recalibrate_bn(model, data, batch, bf16, channels_last)
+                acc = evaluate_accuracy(model, data, bf16, channels_last)
+                if not on_rung(rung, acc):
+                    raise _Stopped(rung, fraction, acc)
         if cuda:
             torch.cuda.synchronize(device)
         state["train_time"] += time.perf_counter() - t0

@@ -21,15 +21,17 @@ if TYPE_CHECKING:
 
 
 def evaluate(spec, budget: ProxyBudget, data: "ProxyData | None" = None,
-             on_epoch: Callable[[int, float], None] | None = None) -> TrialResult:
+             on_epoch: Callable[[int, float], None] | None = None, rungs: list | None = None,
+             on_rung: Callable[[int, float], bool] | None = None) -> TrialResult:
     """Proxy-train `spec` at `budget.resolution` with the classifier replaced for the dataset.
 
     Never raises for a failing candidate (the result's status says what happened); a
     `UserError` (bad dataset or budget) propagates because it affects every trial.
+    `rungs`/`on_rung`: ASHA's early stopping (`nas.train.train`, `nas.asha`).
     """
     from .train import train  # torch only here: the hash evaluators start without it
 
-    return train(spec, budget, data, on_epoch)
+    return train(spec, budget, data, on_epoch, rungs, on_rung)
 
 
 def hash_accuracy(key: str) -> float:

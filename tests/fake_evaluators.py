@@ -83,3 +83,31 @@ def by_resolution(spec, budget):
     if budget.target_resolution != spec.resolution and budget.target_resolution != 224:
         raise ValueError(f"costed at {budget.target_resolution}, spec runs at {spec.resolution}")
     return TrialResult(status="ok", accuracy=budget.resolution / 1000)
+
+
+def curve_accuracy(key: str, fraction: float) -> float:
+    """`curve`'s learning curve: the final accuracy times (0.4 + 0.6·fraction), so every
+    rung ranks architectures as the full budget does."""
+    return accuracy_of(key) * (0.4 + 0.6 * fraction)
+
+
+def curve(spec, budget, rungs=None, on_rung=None):
+    """`ok` with a learning curve and ASHA's hook (`nas.asha`): at each rung fraction it
+    reports `curve_accuracy` and stops when told to; sleeps EFFNAS_FAKE_SLEEP per rung."""
+    from nas.asha import stopped_result
+
+    delay = float(os.environ.get("EFFNAS_FAKE_SLEEP", "0") or 0)
+    key = spec.key()
+    for i, f in enumerate(rungs or []):
+        if delay:
+            time.sleep(delay)
+        acc = curve_accuracy(key, f)
+        if on_rung is not None and not on_rung(i, acc):
+            return stopped_result(i, f, acc)
+    if delay:
+        time.sleep(delay)
+    acc = accuracy_of(key)
+    test = None
+    if getattr(budget, "test", False):  # stage 2: as `ok`, a seed-dependent jitter of at most ±0.01
+        test = acc - 0.01 + 0.02 * (key_hash(f"{key}/{budget.seed}") % 1000) / 1000
+    return TrialResult(status="ok", accuracy=acc, epoch_accuracies=[acc], wall_time=delay, test_accuracy=test)

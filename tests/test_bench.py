@@ -59,3 +59,19 @@ def test_scale_bench(tmp_path):
     assert {r["controller"] for r in f["resume"]} == {"random", "evolution", "rl"}
     assert all(r["first_new_record_s"] > 0 and r["new_records"] > 0 for r in f["resume"])
     assert f["tensorboard"]["first_ms"] > 0 and f["machine"]["cores"] >= 1
+
+
+def test_fidelity_bench(tmp_path):
+    f = _figures("fidelity.py", tmp_path, "--out", str(tmp_path / "runs"))
+    runs = f["runs"]
+    assert {r["arm"] for r in runs} == {"base", "asha", "prefilter"} and all(r["rc"] == 0 for r in runs)
+    budget = 6 * 2.0  # --quick: the baseline's 6 trials x 2 epochs
+    for r in runs:
+        assert budget <= r["epochs"] < budget + 2.0 and r["b0_test_accuracy"] is not None  # equal compute
+        if r["arm"] == "base":
+            assert r["trained"] == 6 and r["stopped"] == r["prefiltered"] == 0
+        if r["arm"] == "asha":
+            assert r["stopped"] > 0 and r["trained"] > 6
+        if r["arm"] == "prefilter":
+            assert r["considered"] == 3 * r["trained"]
+    assert f["arms"]["asha"]["trained_vs_base"] > 1 and f["arms"]["prefilter"]["considered_vs_base"] == 3

@@ -27,7 +27,7 @@ def test_make_builds_each_and_names_the_choices_for_unknown():
     assert isinstance(make("random", SIZES), RandomSearch)
     assert isinstance(make("evolution", SIZES), RegularizedEvolution)
     assert isinstance(make("rl", SIZES), RLController)
-    with pytest.raises(ValueError, match="evolution, random, rl"):
+    with pytest.raises(ValueError, match="evolution, predictor, random, rl"):
         make("bayes", SIZES)
 
 
@@ -309,62 +309,7 @@ def test_proposals_on_the_real_space_are_in_range_and_distinct_by_key():
             assert len(set(keys)) == len(keys), name
 
 
-def _bench_module():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "bench" / "controllers.py"
-    spec = importlib.util.spec_from_file_location("bench_controllers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_bench_rejects_bad_options_with_status_2(capsys):
-    bench = _bench_module()
-    for argv in (["--budgets", "x"], ["--methods", "bayes"], ["--seeds", "0"]):
-        with pytest.raises(SystemExit) as exc:
-            bench.parse(argv)
-        assert exc.value.code == 2
-        assert "error:" in capsys.readouterr().err
-
-
-def test_bench_objective_is_deterministic_cached_and_penalises_macs():
-    from search_space.space import SearchSpace
-    bench = _bench_module()
-    space = SearchSpace.default()
-    objective = bench.Objective(space, bench.mnist_batch(8))
-    choices = space.sample(random.Random(0))
-    first = objective(choices)
-    assert objective(choices) == first and len(objective.cache) == 1
-    fresh = bench.Objective(space, bench.mnist_batch(8))
-    # same init seed, same images; float32 rounding (thread-count dependent) may flip a
-    # near-zero unit's sign: differences of ~1e-4 were seen, a wrong score is off by >1 %
-    assert fresh(choices) == pytest.approx(first, rel=1e-3)
-    score = bench.naswot(space.decode(choices), bench.mnist_batch(8))
-    macs = bench.cost.macs(space.decode(choices), 224)
-    assert score > 0
-    assert first == pytest.approx(score * (macs / 400e6) ** -0.07, rel=1e-3)
-
-
-def test_bench_cache_file_round_trip_and_bad_files_exit_2(tmp_path, capsys):
-    from search_space.space import SearchSpace
-    bench = _bench_module()
-    space = SearchSpace.default()
-    objective = bench.Objective(space, bench.mnist_batch(8))
-    choices = space.sample(random.Random(1))
-    first = objective(choices)
-    path = tmp_path / "scores.json"
-    objective.save(path, 8)
-    fresh = bench.Objective(space, bench.mnist_batch(8))
-    fresh.load(path, 8)
-    assert fresh.loaded == 1 and fresh(choices) == first and fresh.seconds == 0.0
-    with pytest.raises(SystemExit, match="--batch"):
-        bench.Objective(space, bench.mnist_batch(8)).load(path, 16)
-    bad = tmp_path / "bad.json"
-    bad.write_text("not json")
-    assert bench.main(["--quick", "--cache", str(bad)]) == 2
-    assert "--cache" in capsys.readouterr().err
-    assert bench.main(["--quick", "--cache", str(tmp_path / "no" / "dir.json")]) == 2
+# bench/controllers.py: tests/test_bench_controllers.py
 
 
 @pytest.mark.parametrize("norm", ["batch", "running"])

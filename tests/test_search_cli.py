@@ -26,7 +26,7 @@ def test_outputs_of_a_search(tmp_path, capsys):
         trained = st.trials("search", "trained")
         reference = st.trial("reference", 0)
         config = st.config
-    assert len(trained) == 8 and config["controller"] == "evolution" and config["target_flops"] == 400_000_000
+    assert len(trained) == 8 and config["controller"] == "predictor" and config["target_flops"] == 400_000_000
     best = max(trained, key=lambda r: r["reward"])
     # best.yaml: the best trial's network, 1000 classes, target resolution, within the target
     spec = ArchSpec.load(out / "best.yaml")

@@ -26,7 +26,7 @@ import traceback
 from typing import Any, Callable
 
 RESULT_FIELDS = ("status", "accuracy", "loss", "epoch_accuracies", "wall_time", "images_per_sec", "message",
-                 "test_accuracy")
+                 "test_accuracy", "stopped_at")
 IDENTITY = ("kind", "proposal_id", "choices", "key", "spec")
 
 
@@ -62,8 +62,14 @@ def run_trial(params: Any, report_intermediate: Callable[[Any], None]) -> dict:
             acc = kwargs.get("accuracy", args[-1] if args else None)
             report_intermediate({"default": float(acc), **mark})
 
+        def on_rung(rung: int, accuracy: float) -> bool:
+            # ASHA: the assessor decides (nas.nni.assessor) and NNI ends a stopped trial;
+            # the trial itself never waits for an answer
+            report_intermediate({"default": float(accuracy), "rung": int(rung), **mark})
+            return True
+
         fn, hooked = with_epoch_hook(load_evaluator(ctx.evaluator), on_epoch)
-        data = evaluate_job(job, ctx, fn).to_dict()
+        data = evaluate_job(job, ctx, fn, on_rung=on_rung).to_dict()
         for name in RESULT_FIELDS:
             out[name] = data.get(name)
         if not hooked:  # no per-epoch hook: the curve is reported once training is over

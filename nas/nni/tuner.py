@@ -34,7 +34,7 @@ import nni
 from nni.tuner import Tuner
 
 from nas.loop import source_from_handover
-from nas.nni.assessor import take_ended_identity
+from nas.nni.assessor import set_rung_decider, take_ended_identity, take_ended_stop
 from nas.nni.engine import read_session
 from nas.nni.trial import RESULT_FIELDS
 from nas.result import TrialResult
@@ -57,6 +57,14 @@ class ControllerTuner(Tuner):
         self.queue: list = []
         self.inflight: dict[tuple[str, int], Any] = {}  # (kind, proposal id) -> job handed to NNI
         self.started: dict[tuple[str, int], float] = {}
+        set_rung_decider(self.rung)  # ASHA's decisions, asked by nas.nni.assessor
+
+    def rung(self, ident: Any, rung: int, accuracy: float) -> bool:
+        """ASHA (nas.asha): whether the trial holding job `ident` goes on after `rung`."""
+        with self.lock:
+            job = self.inflight.get((ident[0], ident[1])) if ident[2] == self.token else None
+            decide = getattr(self.source, "rung", None)
+            return True if job is None or decide is None else bool(decide(job, rung, accuracy))
 
     @property
     def source(self) -> Any:
@@ -124,6 +132,7 @@ class ControllerTuner(Tuner):
         completed from its own report is never completed twice.
         """
         reported = take_ended_identity()
+        stop = take_ended_stop()
         if success or reported is None:
             return
         with self.lock:
@@ -132,7 +141,11 @@ class ControllerTuner(Tuner):
                 return
             ident = (reported[0], reported[1])
             job = self.inflight.get(ident)
-            if job is not None:
+            if job is not None and stop is not None and getattr(self.source, "asha", None) is not None:
+                from nas.asha import stopped_result
+                rung, acc = stop
+                self._complete(job, stopped_result(rung, self.source.asha.fractions[rung], acc), {})
+            elif job is not None:
                 self._complete(job, TrialResult(status="failed", message="trial ended without a result "
                                                 "(early-stopped by the assessor, cancelled or killed)"), {})
 

@@ -1,0 +1,194 @@
+"""The controller benchmark and its surrogate: the data script (resumable, exported table),
+the surrogate (fits, held-out statistics, cached), the benchmark's loop (the search's rules
+for every method) and its CLI (bad input, --quick --json)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import controllers as bc
+from bench import surrogate as sg
+from bench import surrogate_data as sd
+from controllers.base import Ledger
+from search_space import cost
+from search_space.space import SearchSpace
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = SearchSpace.default()
+HASH = ["--evaluator", "nas.trial:hash_evaluate"]
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    """A 12-architecture table made by the data script with the hash evaluator."""
+    d = tmp_path_factory.mktemp("sd")
+    path = d / "t.csv.gz"
+    assert sd.main(["--archs", "12", "--out", str(d / "store"), "--export", str(path), *HASH]) == 0
+    return d, path
+
+
+def test_uniform_sample_is_in_window_distinct_and_a_prefix_of_a_bigger_one():
+    small = sd.sample_uniform(SPACE, 400_000_000, (0.5, 1.0), 5, seed=3)
+    big = sd.sample_uniform(SPACE, 400_000_000, (0.5, 1.0), 9, seed=3)
+    assert [c for c, _ in small] == [c for c, _ in big[:5]]
+    assert len({s.key() for _, s in big}) == 9
+    assert all(200e6 <= cost.macs(s, 224) <= 400e6 for _, s in big)
+
+
+def test_data_script_exports_whole_architectures_and_continues(table, capsys):
+    d, path = table
+    rows, meta = sg.read_table(path)
+    assert len(rows) == 12 and meta["budget"]["epochs"] == 2.0 and meta["budget"]["dataset"] == "mnist5k"
+    assert meta["seeds"] == [1, 2] and meta["torch"] and meta["cpu"]
+    for r in rows:
+        spec = SPACE.decode(json.loads(r["choices"]), num_classes=1000, resolution=224)
+        assert spec.key() == r["key"] and int(r["macs"]) == cost.macs(spec, 224)
+        assert r["acc_seed1"] and r["acc_seed2"] and r["status_seed1"] == "ok"
+    capsys.readouterr()
+    out2 = d / "t2.csv.gz"
+    assert sd.main(["--archs", "14", "--out", str(d / "store"), "--export", str(out2), *HASH]) == 0
+    assert "24 stored" in capsys.readouterr().err  # the 12 already trained are not trained again
+    rows2, _ = sg.read_table(out2)
+    assert [r["key"] for r in rows2[:12]] == [r["key"] for r in rows]
+    assert sd.main(["--archs", "14", "--out", str(d / "store"), "--export", str(out2), "--cost-window", "0.4,1",
+                    *HASH]) == 2  # another table's store: refused
+
+
+def test_data_script_bad_input_is_one_line_and_status_2(tmp_path, capsys):
+    assert sd.main(["--archs", "0"]) == 2
+    assert sd.main(["--archs", "3", "--specs", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o")]) == 2
+    bad = tmp_path / "bad.txt"
+    bad.write_text("[1, 2]\n")
+    assert sd.main(["--archs", "3", "--specs", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "line 1" in err and "Traceback" not in err
+
+
+def test_surrogate_fits_predicts_in_range_and_caches(table):
+    _, path = table
+    s = sg.Surrogate(path)
+    spec = SPACE.decode(SPACE.sample(np.random.default_rng(0)), num_classes=1000, resolution=224)
+    a = s.accuracy(spec)
+    assert 0.0 <= a <= 1.0 and s.accuracy(spec) == a and len(s.cache) == 1
+    assert sg.Surrogate(path).accuracy(spec) == a  # a fixed random state: the same model again
+
+
+def test_cross_validation_ranks_a_learnable_target_and_the_ceiling_is_computed():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4))
+    y = x[:, 0] + 0.1 * rng.normal(size=60)
+    per_seed = np.stack([y + 0.05 * rng.normal(size=60), y + 0.05 * rng.normal(size=60)], 1)
+    r = sg.cross_validate(x, y, per_seed, "gbm", folds=5)
+    assert r["tau"] > 0.5 and r["r2"] > 0.5 and r["n"] == 60
+    assert sg.seed_ceiling(per_seed)["tau"] > 0.7
+
+
+class Scripted:
+    """Proposes a fixed list of choice tuples (a repeat, one outside the window, ...)."""
+
+    def __init__(self, proposals):
+        self.items, self.ledger, self.told = list(proposals), Ledger(), []
+
+    def ask(self):
+        return self.ledger.issue(self.items.pop(0))
+
+    def tell(self, p, r):
+        self.ledger.settle(p)
+        self.told.append(r)
+
+
+def test_drive_counts_only_distinct_in_window_evaluations():
+    rng = np.random.default_rng(1)
+    inside, outside = [], None
+    while len(inside) < 3 or outside is None:
+        c = tuple(SPACE.sample(rng))
+        m = cost.macs(SPACE.decode(list(c), num_classes=1000, resolution=224), 224)
+        if 200e6 <= m <= 400e6:
+            inside.append(c)
+        elif m > 400e6:
+            outside = c
+    calls = []
+
+    def evaluate(spec, key, macs):
+        calls.append(key)
+        return 0.5
+
+    ctl = Scripted([inside[0], outside, inside[0], inside[1], inside[2]])
+    res = bc.drive(ctl, SPACE, evaluate, budget=3)
+    assert res["rewards"] == [0.5, 0.5, 0.5] and res["asked"] == 5 and len(calls) == 3
+    assert ctl.told[1] < 0.1 and ctl.told[2] == 0.5  # cost-only reward; the repeat told the known one
+
+
+def test_bench_bad_options_exit_2(capsys, tmp_path):
+    for argv in (["--budgets", "x"], ["--methods", "bayes"], ["--seeds", "0"],
+                 ["--data", str(tmp_path / "missing.csv.gz")]):
+        with pytest.raises(SystemExit) as exc:
+            bc.parse(argv)
+        assert exc.value.code == 2
+        assert "error:" in capsys.readouterr().err
+
+
+def test_naswot_objective_is_deterministic():
+    spec = SPACE.decode(SPACE.sample(np.random.default_rng(2)), num_classes=1000, resolution=224)
+    m = cost.macs(spec, 224)
+    a, b = bc.Evaluator("naswot"), bc.Evaluator("naswot")
+    assert a(spec, spec.key(), m) == b(spec, spec.key(), m)
+
+
+def test_quick_run_reports_every_method_under_the_same_rules(table, tmp_path):
+    _, path = table
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "controllers.py"), "--quick", "--json", "--data",
+                           str(path), "--methods", ",".join(bc.METHODS)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    f = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(f["methods"]) == set(bc.METHODS) and f["budgets"] == [6, 12] and f["seeds"] == [0, 1]
+    for m, row in f["methods"].items():
+        assert row["budgets"]["12"]["median"] >= row["budgets"]["6"]["median"] > 0, m
+    assert f["methods"]["random"]["budgets"]["12"]["ratio_to_random"] == 1.0
+    assert f["surrogate_architectures"] == 12
+
+
+def test_data_script_killed_loses_no_finished_run(tmp_path):
+    """SIGKILL mid-collection, rerun the same command: every run stored before the kill
+    is kept as it was, and the table ends complete with each run once."""
+    import signal
+    import sqlite3
+    import time
+
+    out, table_path = tmp_path / "store", tmp_path / "t.csv.gz"
+    cmd = [sys.executable, "-m", "bench.surrogate_data", "--archs", "6", "--out", str(out), "--export",
+           str(table_path), "--evaluator", "nas.trial:hash_evaluate_jitter"]
+
+    def rows():
+        try:
+            con = sqlite3.connect(f"file:{out}/search.db?mode=ro", uri=True)
+            try:
+                return con.execute("SELECT proposal_id, accuracy FROM trials").fetchall()
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return []
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(rows()) < 3:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-800:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = rows()
+    assert 3 <= len(before) < 12
+    assert sd.main(cmd[3:]) == 0
+    after = rows()
+    assert set(before) <= set(after) and len(after) == 12 and len({pid for pid, _ in after}) == 12
+    table, _ = sg.read_table(table_path)
+    assert len(table) == 6 and all(r["acc_seed1"] and r["acc_seed2"] for r in table)
