@@ -44,7 +44,7 @@ KIND = "surrogate"
 TOOL = "bench.surrogate_data"
 DEFAULT_EXPORT = Path(__file__).resolve().parent / "data" / "surrogate.csv.gz"
 # What defines the table: a store made with other values cannot be continued.
-IDENTITY = ("target", "window", "target_resolution", "budget", "sample_seed", "evaluator", "space")
+IDENTITY = ("target", "window", "target_resolution", "budget", "sample_seed", "evaluator", "space", "known")
 
 
 def sample_uniform(space: Any, target: int, window: tuple[float, float], n: int, seed: int = 0,
@@ -119,12 +119,43 @@ def machine() -> dict:
     return {"torch": torch.__version__, "cpu": cpu_model(), "isa": isa, "python": platform.python_version()}
 
 
-def table_rows(items: Sequence[tuple], source: Any, seeds: Sequence[int]) -> list[dict]:
-    """One row per architecture that has at least one finished run."""
+def known_rows(path: str, items: Sequence[tuple], seeds: Sequence[int], meta: dict) -> dict[int, dict]:
+    """Architectures of an earlier table (`--known`) measured under this identity on every
+    seed: index -> row. Why: a collection takes hours; a new store (another machine, a
+    lost /tmp) should not train again what a table already holds."""
+    from bench.surrogate import read_table
+
+    if not Path(path).is_file():
+        raise UserError(f"--known {path}: no such file")
+    try:
+        rows, old = read_table(path)
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file
+        raise UserError(f"--known {path}: not a table of this script ({type(exc).__name__})") from None
+    for k in ("target", "window", "target_resolution", "sample_seed", "evaluator", "seeds"):
+        if old.get(k) != meta[k]:
+            raise UserError(f"--known {path}: measured with another {k} ({old.get(k)!r}, here {meta[k]!r})")
+    drop = ("seed", "device", "time_limit")
+    if {k: v for k, v in (old.get("budget") or {}).items() if k not in drop} != \
+            {k: v for k, v in meta["budget"].items() if k not in drop}:
+        raise UserError(f"--known {path}: measured with another proxy budget")
+    known = {}
+    for r in rows:
+        i = int(r["index"])
+        if i < len(items) and r["key"] == items[i][1].key() and all(r.get(f"acc_seed{s}") for s in seeds):
+            known[i] = r
+    return known
+
+
+def table_rows(items: Sequence[tuple], source: Any, seeds: Sequence[int], todo: Sequence[int] | None = None,
+               known: dict[int, dict] | None = None) -> list[dict]:
+    """One row per architecture that has at least one finished run (the store's runs of
+    `todo`, the item indices it trains, plus the `known` rows), in item order."""
     recs = source.records()
-    rows = []
-    for i, (choices, spec, origin) in enumerate(items):
-        runs = recs[i * len(seeds):(i + 1) * len(seeds)]
+    todo = list(range(len(items))) if todo is None else list(todo)
+    rows = list((known or {}).values())
+    for j, i in enumerate(todo):
+        choices, spec, origin = items[i]
+        runs = recs[j * len(seeds):(j + 1) * len(seeds)]
         if all(r is None for r in runs):
             continue
         row = {"index": i, "origin": origin, "key": spec.key(), "choices": json.dumps(list(choices)),
@@ -137,7 +168,7 @@ def table_rows(items: Sequence[tuple], source: Any, seeds: Sequence[int]) -> lis
             if r is not None:
                 row["macs"], row["params"] = r["macs"], r["params"]
         rows.append(row)
-    return rows
+    return sorted(rows, key=lambda r: int(r["index"]))
 
 
 def export(path: Path, rows: list[dict], seeds: Sequence[int], meta: dict) -> None:
@@ -193,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/surrogate", help="the store's folder (default runs/surrogate)")
     p.add_argument("--export", default=str(DEFAULT_EXPORT), help="the table written (default bench/data/surrogate.csv.gz)")
     p.add_argument("--export-only", action="store_true", help="write the table from the store, train nothing")
+    p.add_argument("--known", metavar="TABLE", help="an earlier table of the same collection (e.g. the shipped "
+                                                    "bench/data/surrogate.csv.gz): its architectures measured on every "
+                                                    "seed are kept, not trained again")
     return p
 
 
@@ -229,7 +263,15 @@ def run(argv: Sequence[str] | None = None) -> int:
             keys.add(sp.key())
             items.append((c, sp, "specs"))
     seeds = list(range(1, int(a.seeds) + 1))
+    meta = {"budget": budget.to_dict(), "seeds": seeds, "target": int(a.target_flops), "window": list(window),
+            "target_resolution": tres, "sample_seed": int(a.sample_seed), "evaluator": a.evaluator,
+            "space": "SearchSpace.default()", "accuracy": "search-validation part (nas.data), never the test part",
+            **machine()}
+    known = known_rows(a.known, items, seeds, meta) if a.known else {}
+    todo = [i for i in range(len(items)) if i not in known]
+    ident["known"] = sorted(known) or None
     out = Path(a.out)
+    export_path = Path(a.export)
     if Store.is_run(out):
         store = Store.open(out)
         old = store.config
@@ -241,21 +283,22 @@ def run(argv: Sequence[str] | None = None) -> int:
     else:
         if out.exists() and any(out.iterdir()):
             raise UserError(f"--out {out}: exists and is not a surrogate-data store; use another --out")
+        if export_path.is_file() and not a.known:
+            raise UserError(f"--export {export_path}: holds the table of an earlier collection; continue it with "
+                            f"--known {export_path} (what it holds is not trained again), or write elsewhere "
+                            "with --export")
         store = Store.create(out, {**ident, "tool": TOOL})
     try:
-        source = batch_source(store, [sp for _, sp, _ in items], seeds, budget, a.evaluator, KIND,
+        source = batch_source(store, [items[i][1] for i in todo], seeds, budget, a.evaluator, KIND,
                               int(a.target_flops), tres)
         done = sum(r is not None for r in source.records())
-        meta = {"budget": budget.to_dict(), "seeds": seeds, "target": int(a.target_flops), "window": list(window),
-                "target_resolution": tres, "sample_seed": int(a.sample_seed), "evaluator": a.evaluator,
-                "space": "SearchSpace.default()", "accuracy": "search-validation part (nas.data), never the test part",
-                **machine()}
-        print(f"{PROG}: {len(items)} architectures x seeds {seeds} = {len(source.jobs)} runs, {done} stored; "
-              f"store {out}", file=sys.stderr, flush=True)
+        from_known = f"{len(known) * len(seeds)} known from {a.known}, " if known else ""
+        print(f"{PROG}: {len(items)} architectures x seeds {seeds} = {len(items) * len(seeds)} runs, "
+              f"{from_known}{done} stored; store {out}", file=sys.stderr, flush=True)
         if not a.export_only and done < len(source.jobs):
             progress = report.Progress(len(source.jobs), done=done, kind=KIND)
             source.listeners.append(progress)
-            source.listeners.append(_Exporter(lambda: export(Path(a.export), table_rows(items, source, seeds),
+            source.listeners.append(_Exporter(lambda: export(export_path, table_rows(items, source, seeds, todo, known),
                                                              seeds, meta)))
             engine = LocalEngine(device_slots("cpu", int(a.workers)), trial_timeout=budget.time_limit + 30.0)
             try:
@@ -263,10 +306,10 @@ def run(argv: Sequence[str] | None = None) -> int:
                     engine.run(source, EvalContext(budget=budget, evaluator=a.evaluator))
             finally:
                 progress.close()
-                rows = table_rows(items, source, seeds)
-                export(Path(a.export), rows, seeds, meta)
-        rows = table_rows(items, source, seeds)
-        export(Path(a.export), rows, seeds, meta)
+                rows = table_rows(items, source, seeds, todo, known)
+                export(export_path, rows, seeds, meta)
+        rows = table_rows(items, source, seeds, todo, known)
+        export(export_path, rows, seeds, meta)
         full = sum(all(r[f"acc_seed{s}"] is not None for s in seeds) for r in rows)
         print(f"{PROG}: {len(rows)} architectures in {a.export} ({full} with every seed ok)", file=sys.stderr)
         return 0

@@ -192,3 +192,26 @@ def test_data_script_killed_loses_no_finished_run(tmp_path):
     assert set(before) <= set(after) and len(after) == 12 and len({pid for pid, _ in after}) == 12
     table, _ = sg.read_table(table_path)
     assert len(table) == 6 and all(r["acc_seed1"] and r["acc_seed2"] for r in table)
+
+
+def test_data_script_continues_a_table_in_a_new_store_without_training_it_again(table, tmp_path, capsys):
+    """--known: a lost store costs nothing that the exported table holds; a new store never
+    overwrites an earlier table unless told to continue it."""
+    _, path = table
+    mine = tmp_path / "t.csv.gz"
+    mine.write_bytes(path.read_bytes())
+    assert sd.main(["--archs", "14", "--out", str(tmp_path / "fresh"), "--export", str(mine), *HASH]) == 2
+    assert "--known" in capsys.readouterr().err and mine.read_bytes() == path.read_bytes()  # untouched
+    assert sd.main(["--archs", "14", "--out", str(tmp_path / "new"), "--export", str(mine), "--known", str(mine),
+                    *HASH]) == 0
+    err = capsys.readouterr().err
+    assert "24 known" in err and "0 stored" in err
+    rows, _ = sg.read_table(mine)
+    old, _ = sg.read_table(path)
+    assert len(rows) == 14 and rows[:12] == old  # the 12 kept as they were, 2 trained and added
+    from nas.store import Store
+    with Store.open(tmp_path / "new") as store:
+        assert store.count_all() == 4  # only the 2 new architectures x 2 seeds were trained
+    other = ["--archs", "14", "--out", str(tmp_path / "o"), "--export", str(tmp_path / "x.csv"), "--known", str(mine)]
+    assert sd.main([*other, "--cost-window", "0.4,1", *HASH]) == 2
+    assert "another window" in capsys.readouterr().err

@@ -134,7 +134,7 @@ def test_help_lists_every_option_with_its_default():
                 "--target-resolution", "--space", "--config", "--out", "--seed", "--resume", "--engine",
                 "--trial-timeout", "--cost-window", "--no-scale", "--scale-grid"):
         assert opt in text, opt
-    assert "(default: evolution" in text and "(default: runs/search)" in text and "(default: 224)" in text
+    assert "(default: predictor" in text and "(default: runs/search)" in text and "(default: 224)" in text
 
 
 def test_phis_speak_the_scaling_grammar():
