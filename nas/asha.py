@@ -51,12 +51,13 @@ def check(mode: str, eta: Any, min_fraction: Any) -> tuple[str, int, float]:
     mode = str(mode or "off").lower()
     if mode not in MODES:
         raise UserError(f"--early-stop {mode!r}: expected one of {', '.join(MODES)}")
+    import argparse
+
+    from nas.config import _int_at_least
     try:
-        eta_i = int(str(eta))
-    except ValueError:
-        raise UserError(f"--eta must be an integer >= 2, got {eta!r}") from None
-    if eta_i < 2:
-        raise UserError(f"--eta must be an integer >= 2, got {eta!r}")
+        eta_i = _int_at_least("--eta", 2)(eta)
+    except argparse.ArgumentTypeError as exc:
+        raise UserError(str(exc)) from None
     return mode, eta_i, parse_fraction(min_fraction)
 
 
