@@ -23,7 +23,8 @@ Methods, each at the configuration a search would use at that budget: ours (`rl`
 `--controller` sizing, the canonical key, the predictor's cost window); NNI 3.0's TPE,
 Evolution, Regularized Evolution and GP tuners through their tuner API
 (`bench/nni_tuners.py`; NNI's evolution tuners sized like ours; the GP with a cheaper
-acquisition search, and only up to 40 evaluations: see there).
+acquisition search, and only up to 40 evaluations: see there; TPE only up to 100: see
+MAX_BUDGET).
 
 Reported, over seeds `--seed-offset` ... + `--seeds` - 1: the median and interquartile
 range of the best reward after each budget; the ratio to random search's median; the
@@ -59,7 +60,11 @@ CHANCE = 0.1                  # 1 / classes of mnist5k: the search's cost-only r
 OURS = ("rl", "evolution", "random", "predictor")
 METHODS = ("rl", "predictor", "nni-gp", "evolution", "random", "nni-tpe", "nni-evolution", "nni-regevo")
 # (the slowest first: with --jobs they start first)
-MAX_BUDGET = {"nni-gp": 40}   # ~1 s a proposal here, growing with the results (bench/nni_tuners.py)
+# Tuners whose cost per proposal grows with the results so far are run to these budgets
+# only: NNI's GP costs ~1 s a proposal here (bench/nni_tuners.py); NNI's TPE ~11 ms a
+# proposal up to 100 evaluations, but one 300-evaluation run had not ended after 5 min
+# (20 seeds: hours), so it is compared at 40 and 100.
+MAX_BUDGET = {"nni-gp": 40, "nni-tpe": 100}
 BUDGETS = (40, 100, 300)
 REACH = (40, 100, 200, 300)   # random's best-of-N that the others are timed against
 
@@ -124,6 +129,7 @@ def drive(ctl: Any, space: Any, evaluate: Evaluator, budget: int) -> dict:
     lo, hi = WINDOW[0] * TARGET, WINDOW[1] * TARGET
     known: dict[str, float] = {}
     rewards: list[float] = []
+    chosen: list[list[int]] = []
     asked, spent = 0, 0.0
     cap = 50 * budget + 100
     while len(rewards) < budget and asked < cap:
@@ -144,10 +150,11 @@ def drive(ctl: Any, space: Any, evaluate: Evaluator, budget: int) -> dict:
             if r is None:
                 r = known[key] = evaluate(spec, key, macs)
                 rewards.append(r)
+                chosen.append([int(c) for c in p.choices])
         t = time.perf_counter()
         ctl.tell(p, r)
         spent += time.perf_counter() - t
-    return {"rewards": rewards, "asked": asked, "controller_s": spent}
+    return {"rewards": rewards, "choices": chosen, "asked": asked, "controller_s": spent}
 
 
 def best_after(rewards: Sequence[float], n: int) -> float:
@@ -179,6 +186,7 @@ def run_method(method: str, budgets: Sequence[int], seeds: Sequence[int], evalua
         groups.setdefault(json.dumps(config(method, b), sort_keys=True), []).append(b)
     best: dict[int, list[float]] = {b: [] for b in mine}
     longest: list[list[float]] = []
+    paths: list[list[list[int]]] = []
     asked, asked_top, spent, t0 = 0, 0, 0.0, time.perf_counter()
     for group in groups.values():
         n = max(group)
@@ -190,10 +198,28 @@ def run_method(method: str, budgets: Sequence[int], seeds: Sequence[int], evalua
                 best[b].append(best_after(res["rewards"], b))
             if n == top:
                 longest.append(res["rewards"])
+                paths.append(res["choices"])
                 asked_top += res["asked"]
-    return {"best": best, "longest": longest, "top": top, "asked": asked, "asked_longest": asked_top,
+    return {"best": best, "longest": longest, "paths": paths, "top": top, "asked": asked, "asked_longest": asked_top,
             "controller_ms_per_proposal": 1e3 * spent / max(1, asked),
             "wall_s": time.perf_counter() - t0, "config": {str(b): config(method, b) for b in mine}}
+
+
+def trajectory_picks(raw: dict, k: int) -> list[dict]:
+    """`k` architectures per method from its longest runs, evenly spaced over the runs'
+    progress (early, random-start proposals as well as late, good ones; the runs of all
+    seeds pooled): the `--specs` lines of `bench/surrogate_data.py`. Why: a surrogate fitted
+    on a uniform sample is least sure where searches end up, and every compared method
+    gets the same number of points, so the data favour none of them."""
+    out = []
+    for method, r in raw.items():
+        pool = sorted(((i + 0.5) / len(path), s, tuple(c)) for s, path in enumerate(r["paths"])
+                      for i, c in enumerate(path))
+        seen: set = set()
+        distinct = [c for _, _, c in pool if not (c in seen or seen.add(c))]
+        picks = distinct if len(distinct) <= k else [distinct[int(j * len(distinct) / k)] for j in range(k)]
+        out += [{"choices": list(c), "origin": f"trajectory:{method}"} for c in picks]
+    return out
 
 
 def _line(method: str, r: dict) -> str:
@@ -347,6 +373,9 @@ def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                                                          "depend on it)")
     ap.add_argument("--quick", action="store_true", help="budgets 6,12, 2 seeds, ours + NNI TPE (a smoke test)")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ap.add_argument("--trajectories", metavar="FILE", help="also write K architectures per method from its runs, "
+                                                              "one JSON line each (bench/surrogate_data.py --specs)")
+    ap.add_argument("--trajectory-count", type=int, default=12, metavar="K", help="per method (default 12)")
     a = ap.parse_args(argv)
     try:
         a.budgets = sorted({int(b) for b in str(a.budgets).split(",")})
@@ -359,8 +388,8 @@ def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     bad = [m for m in a.methods if m not in METHODS]
     if bad or not a.methods:
         ap.exit(2, f"error: unknown method {bad[0] if bad else ''!r}; choose from {', '.join(METHODS)}\n")
-    if a.seeds < 1 or a.seed_offset < 0 or a.jobs < 1:
-        ap.exit(2, "error: --seeds and --jobs must be >= 1 and --seed-offset >= 0\n")
+    if a.seeds < 1 or a.seed_offset < 0 or a.jobs < 1 or a.trajectory_count < 1:
+        ap.exit(2, "error: --seeds, --jobs and --trajectory-count must be >= 1 and --seed-offset >= 0\n")
     if a.quick:
         a.budgets, a.seeds = [6, 12], 2
         if quick_methods:
@@ -390,14 +419,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"objective {a.objective}" + (f" (surrogate {MODEL} on {evaluate.n_data} architectures of {a.data})"
                                         if a.objective == "surrogate" else "")
           + f"; budgets {a.budgets}; seeds {seeds[0]}..{seeds[-1]}", flush=True)
+    trust = None
+    if a.objective == "surrogate":
+        from bench.surrogate import quality
+        trust = quality(a.data, folds=min(5, max(2, evaluate.n_data // 2)))
+        cv, ceil = trust["cv"], trust["ceiling"]
+        print(f"surrogate on held-out architectures ({cv['folds']}-fold): tau {cv['tau']:.3f}, R2 {cv['r2']:.3f}, "
+              f"tau vs one seed {cv.get('tau_seed1', float('nan')):.3f}; seed-noise ceiling tau(seed 1, seed 2) "
+              f"{ceil['tau']:.3f}; table: " + ", ".join(f"{n} {o}" for o, n in trust["origins"].items()), flush=True)
     raw = run_all(a.methods, a.budgets, seeds, evaluate, space, log=lambda m: print(m, flush=True), jobs=a.jobs,
                   kind=a.objective, data=a.data)
     summary = summarize(raw, a.budgets)
     print(report(summary, a.budgets))
+    if a.trajectories:
+        from search_space.fileio import write_atomic
+        picks = trajectory_picks(raw, a.trajectory_count)
+        write_atomic(Path(a.trajectories), "".join(json.dumps(p) + "\n" for p in picks).encode())
+        print(f"{len(picks)} trajectory architectures ({a.trajectory_count} per method) in {a.trajectories}")
     wall = time.perf_counter() - t0
     print(f"\n{len(evaluate.cache)} distinct architectures evaluated, {wall:.0f} s in all")
     if a.json:
-        print(json.dumps({"objective": a.objective, "surrogate_architectures": evaluate.n_data,
+        print(json.dumps({"objective": a.objective, "surrogate_architectures": evaluate.n_data, "surrogate": trust,
                           "budgets": a.budgets, "seeds": seeds, **summary, "wall_s": wall,
                           "distinct_architectures": len(evaluate.cache), "machine": machine()}, default=float))
     return 0

@@ -190,6 +190,15 @@ def seed_ceiling(per_seed: np.ndarray) -> dict:
             "between_sd": float(np.std((a + b) / 2, ddof=1)) if ok.sum() > 1 else float("nan")}
 
 
+def quality(path: str | Path = DATA, model: str = MODEL, folds: int = 5) -> dict:
+    """The figures that say how far a benchmark on this table can be trusted: the default
+    model's k-fold τ and R² on held-out architectures and the seed-noise ceiling."""
+    rows, _ = read_table(path)
+    x, y, per_seed, _ = dataset(rows)
+    return {"cv": cross_validate(x, y, per_seed, model, folds), "ceiling": seed_ceiling(per_seed),
+            "origins": {o: sum(r.get("origin") == o for r in rows) for o in sorted({r.get("origin") for r in rows})}}
+
+
 class Surrogate:
     """The fitted model as an accuracy function of a spec, cached per canonical key."""
 

@@ -75,8 +75,10 @@ def sample_uniform(space: Any, target: int, window: tuple[float, float], n: int,
 
 
 def read_specs(path: str, space: Any, target_resolution: int) -> list:
-    """[(choices, spec)] from a file of JSON choice lists, one per line (blank lines and
-    '#' comments skipped); a bad line is a UserError naming it."""
+    """[(choices, spec, origin)] from a file of JSON lines, each a choice list or an object
+    {"choices": [...], "origin": "trajectory:METHOD"} (what `bench/controllers.py
+    --trajectories` writes; origin "specs" when not given); blank lines and '#' comments
+    skipped; a bad line is a UserError naming it."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--specs {path}: no such file")
@@ -86,12 +88,14 @@ def read_specs(path: str, space: Any, target_resolution: int) -> list:
         if not line or line.startswith("#"):
             continue
         try:
-            choices = [int(c) for c in json.loads(line)]
+            item = json.loads(line)
+            origin = str(item.get("origin") or "specs") if isinstance(item, dict) else "specs"
+            choices = [int(c) for c in (item["choices"] if isinstance(item, dict) else item)]
             spec = space.decode(choices, num_classes=1000, resolution=int(target_resolution))
         except Exception as exc:  # noqa: BLE001
             raise UserError(f"--specs {path}, line {n}: not a choice list of the space "
                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-        out.append((choices, spec))
+        out.append((choices, spec, origin))
     return out
 
 
@@ -215,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cost-window", default="0.5,1.0", help="LO,HI relative to T (default 0.5,1.0)")
     p.add_argument("--sample-seed", type=cfg._int_at_least("--sample-seed", 0), default=0,
                    help="seed of the uniform draw (default 0)")
-    p.add_argument("--specs", metavar="FILE", help="more architectures: one JSON choice list per line")
+    p.add_argument("--specs", metavar="FILE", help="more architectures: one JSON line each, a choice list or {\"choices\": [...], \"origin\": ...} (bench/controllers.py --trajectories)")
     p.add_argument("--workers", type=cfg._int_at_least("--workers", 1), default=2, help="runs at once (default 2)")
     p.add_argument("--trial-timeout", type=cfg._float("--trial-timeout", 0, strict=True), default=3600.0,
                    metavar="SECONDS", help="a run longer than this is recorded as 'timeout' (default 3600: the "
@@ -258,10 +262,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"only {len(sampled)} distinct architectures fall in the cost window in the draws allowed")
     keys = {sp.key() for _, sp in sampled}
     items = [(c, sp, "uniform") for c, sp in sampled]
-    for c, sp in extra:  # trajectories: each architecture once, after the uniform sample
+    for c, sp, origin in extra:  # trajectories: each architecture once, after the uniform sample
         if sp.key() not in keys:
             keys.add(sp.key())
-            items.append((c, sp, "specs"))
+            items.append((c, sp, origin))
     seeds = list(range(1, int(a.seeds) + 1))
     meta = {"budget": budget.to_dict(), "seeds": seeds, "target": int(a.target_flops), "window": list(window),
             "target_resolution": tres, "sample_seed": int(a.sample_seed), "evaluator": a.evaluator,

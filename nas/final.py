@@ -37,6 +37,7 @@ DEFAULT_TOP_K = 3
 DEFAULT_SEEDS = 3
 DEFAULT_EPOCHS = 4.0
 ALPHA = 0.05  # the significance level of the verdict's words
+POWER = 0.8   # "seeds to tell": the chance of detecting a difference the size of the one seen
 CSV_COLUMNS = ("label", "trial", "key", "macs", "params", "seed", "status", "val_accuracy", "test_accuracy",
                "val_reward", "test_reward", "latency_ms", "measured_latency_ms")
 
@@ -168,6 +169,28 @@ def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict:
     return {"diff": diff, "low": diff - half, "high": diff + half, "p": p, "df": df}
 
 
+def seeds_to_tell(diff: float, sd_a: float, sd_b: float, power: float = POWER, alpha: float = ALPHA,
+                  cap: int = 64) -> Optional[int]:
+    """Seeds per architecture at which Welch's test would call a true difference of `diff`
+    significant with probability `power`, given these seed sds (noncentral t, equal seeds
+    per side); None beyond `cap` or with no difference. Why: with 3 seeds a gap of two
+    seed sds is found about half the time, so "no significant difference" needs to say
+    how many seeds would have been enough to see this gap, were it real."""
+    from scipy import stats
+
+    var = sd_a ** 2 + sd_b ** 2
+    if diff == 0 or not math.isfinite(diff) or var <= 0:
+        return None
+    for n in range(2, cap + 1):
+        se = math.sqrt(var / n)
+        df = (n - 1) * var ** 2 / (sd_a ** 4 + sd_b ** 4)  # Welch's df at equal n
+        crit = float(stats.t.ppf(1 - alpha / 2, df))
+        nc = abs(diff) / se
+        if float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)) >= power:
+            return n
+    return None
+
+
 def words(test: dict) -> str:
     if test["p"] < ALPHA:
         return "better" if test["diff"] > 0 else "worse"
@@ -201,7 +224,9 @@ def summarize(candidates: Sequence[Candidate], seeds: Sequence[int], records: Se
         if len(a) >= 2 and len(b) >= 2:
             test = welch(a, b)
             verdict = {**test, "words": words(test), "b0": table[chosen]["label"], "reference": table[ref]["label"],
-                       "macs_ratio": table[chosen]["macs"] / table[ref]["macs"]}
+                       "macs_ratio": table[chosen]["macs"] / table[ref]["macs"],
+                       "seeds_to_tell": seeds_to_tell(test["diff"], table[chosen]["test"]["sd"],
+                                                      table[ref]["test"]["sd"])}
     return {"seeds": list(seeds), "candidates": table, "chosen": chosen, "verdict": verdict,
             "records": [r for rows in per for r in rows]}
 
@@ -241,9 +266,14 @@ def verdict_line(summary: dict) -> str:
     v = summary["verdict"]
     if v is None:
         return "stage 2: no verdict (B0 or the reference has fewer than 2 test scores)"
-    return (f"verdict on test ({len(summary['seeds'])} fresh seeds): B0 ({v['b0']}) vs {v['reference']}: "
+    line = (f"verdict on test ({len(summary['seeds'])} fresh seeds): B0 ({v['b0']}) vs {v['reference']}: "
             f"{v['diff']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] 95% CI, Welch p = {v['p']:.3g}: "
             f"{v['words']}, at {v['macs_ratio']:.0%} of its multiply-adds{_latency_ratio(summary)}")
+    if v["words"] == "no significant difference" and v["diff"] != 0:
+        n = v.get("seeds_to_tell")
+        line += (f"; a true gap of {abs(v['diff']):.4f} would be found {POWER:.0%} of the time with "
+                 + (f"{n} seeds each (python -m nas.final RUN --seeds {n})" if n else "more than 64 seeds each"))
+    return line
 
 
 def _latency_ratio(summary: dict) -> str:

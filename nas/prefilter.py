@@ -37,12 +37,13 @@ def check(score: Any, ratio: Any) -> tuple[str, int]:
         name = ""
     elif name not in SCORES:
         raise UserError(f"--prefilter {score!r}: expected one of {', '.join(SCORES)} (or none)")
+    import argparse
+
+    from nas.config import _positive_int
     try:
-        n = int(str(ratio))
-    except ValueError:
-        raise UserError(f"--prefilter-ratio must be a positive integer, got {ratio!r}") from None
-    if n < 1:
-        raise UserError(f"--prefilter-ratio must be a positive integer, got {ratio!r}")
+        n = _positive_int("--prefilter-ratio")(ratio)
+    except argparse.ArgumentTypeError as exc:
+        raise UserError(str(exc)) from None
     return name, n
 
 

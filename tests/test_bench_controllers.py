@@ -154,6 +154,10 @@ def test_quick_run_reports_every_method_under_the_same_rules(table, tmp_path):
         assert row["budgets"]["12"]["median"] >= row["budgets"]["6"]["median"] > 0, m
     assert f["methods"]["random"]["budgets"]["12"]["ratio_to_random"] == 1.0
     assert f["surrogate_architectures"] == 12
+    trust = f["surrogate"]  # reported beside the results: held-out tau, R2, the seed-noise ceiling
+    assert trust["cv"]["n"] == 12 and -1 <= trust["cv"]["tau"] <= 1 and -1 <= trust["ceiling"]["tau"] <= 1
+    assert trust["origins"] == {"uniform": 12}
+    assert "seed-noise ceiling" in done.stdout
 
 
 def test_data_script_killed_loses_no_finished_run(tmp_path):
@@ -215,3 +219,37 @@ def test_data_script_continues_a_table_in_a_new_store_without_training_it_again(
     other = ["--archs", "14", "--out", str(tmp_path / "o"), "--export", str(tmp_path / "x.csv"), "--known", str(mine)]
     assert sd.main([*other, "--cost-window", "0.4,1", *HASH]) == 2
     assert "another window" in capsys.readouterr().err
+
+
+def test_trajectory_picks_spread_over_the_runs_equally_per_method():
+    """K distinct architectures per method, from early and late in its runs, labelled."""
+    paths = {"a": [[[i, 0] for i in range(10)], [[i, 1] for i in range(10)]], "b": [[[7, 7]] * 3 + [[8, 8]]]}
+    raw = {m: {"paths": p} for m, p in paths.items()}
+    picks = bc.trajectory_picks(raw, 4)
+    a = [p["choices"] for p in picks if p["origin"] == "trajectory:a"]
+    b = [p["choices"] for p in picks if p["origin"] == "trajectory:b"]
+    assert len(a) == 4 and len({tuple(c) for c in a}) == 4
+    assert a[0][0] == 0 and max(c[0] for c in a) >= 7  # the random start and the end of the runs
+    assert {c[1] for c in a} == {0, 1}  # both seeds' runs
+    assert sorted(b) == [[7, 7], [8, 8]]  # fewer distinct than K: each once
+
+
+def test_trajectories_file_feeds_the_data_script_with_its_origin(table, tmp_path):
+    """bench/controllers.py --trajectories writes what bench/surrogate_data.py --specs reads;
+    the table names the method that proposed each added architecture."""
+    _, path = table
+    traj = tmp_path / "traj.jsonl"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "controllers.py"), "--quick", "--data", str(path),
+                           "--methods", "random,evolution", "--trajectories", str(traj), "--trajectory-count", "2"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(x) for x in traj.read_text().splitlines()]
+    assert [x["origin"] for x in lines] == ["trajectory:random"] * 2 + ["trajectory:evolution"] * 2
+    out = tmp_path / "t.csv.gz"
+    assert sd.main(["--archs", "3", "--specs", str(traj), "--out", str(tmp_path / "s"), "--export", str(out),
+                    *HASH]) == 0
+    rows, _ = sg.read_table(out)
+    origins = [r["origin"] for r in rows]
+    assert origins[:3] == ["uniform"] * 3 and set(origins[3:]) <= {"trajectory:random", "trajectory:evolution"}
+    assert len(rows) > 3
