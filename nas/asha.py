@@ -51,14 +51,8 @@ def check(mode: str, eta: Any, min_fraction: Any) -> tuple[str, int, float]:
     mode = str(mode or "off").lower()
     if mode not in MODES:
         raise UserError(f"--early-stop {mode!r}: expected one of {', '.join(MODES)}")
-    import argparse
-
-    from nas.config import _int_at_least
-    try:
-        eta_i = _int_at_least("--eta", 2)(eta)
-    except argparse.ArgumentTypeError as exc:
-        raise UserError(str(exc)) from None
-    return mode, eta_i, parse_fraction(min_fraction)
+    from nas.config import _int_at_least, checked
+    return mode, checked(_int_at_least("--eta", 2), eta), parse_fraction(min_fraction)
 
 
 def rung_fractions(min_fraction: float, eta: int) -> list[float]:

@@ -83,6 +83,15 @@ def _positive_int(name: str):
     return parse
 
 
+def checked(parse: Any, value: Any) -> Any:
+    """`parse(value)` with one of the argparse types above, its error as a one-line
+    `UserError`: for options checked outside the parser (a run's settings read back)."""
+    try:
+        return parse(value)
+    except argparse.ArgumentTypeError as exc:
+        raise UserError(str(exc)) from None
+
+
 def _int_at_least(name: str, low: int, high: int | None = None):
     def parse(text: str) -> int:
         want = f"an integer >= {low}" + ("" if high is None else f" and <= {high}")

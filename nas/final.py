@@ -38,6 +38,7 @@ DEFAULT_SEEDS = 3
 DEFAULT_EPOCHS = 4.0
 ALPHA = 0.05  # the significance level of the verdict's words
 POWER = 0.8   # "seeds to tell": the chance of detecting a difference the size of the one seen
+SEEDS_CAP = 64  # ... searched up to this many seeds per architecture
 CSV_COLUMNS = ("label", "trial", "key", "macs", "params", "seed", "status", "val_accuracy", "test_accuracy",
                "val_reward", "test_reward", "latency_ms", "measured_latency_ms")
 
@@ -170,7 +171,7 @@ def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict:
 
 
 def seeds_to_tell(diff: float, sd_a: float, sd_b: float, power: float = POWER, alpha: float = ALPHA,
-                  cap: int = 64) -> Optional[int]:
+                  cap: int = SEEDS_CAP) -> Optional[int]:
     """Seeds per architecture at which Welch's test would call a true difference of `diff`
     significant with probability `power`, given these seed sds (noncentral t, equal seeds
     per side); None beyond `cap` or with no difference. Why: with 3 seeds a gap of two
@@ -272,7 +273,7 @@ def verdict_line(summary: dict) -> str:
     if v["words"] == "no significant difference" and v["diff"] != 0:
         n = v.get("seeds_to_tell")
         line += (f"; a true gap of {abs(v['diff']):.4f} would be found {POWER:.0%} of the time with "
-                 + (f"{n} seeds each (python -m nas.final RUN --seeds {n})" if n else "more than 64 seeds each"))
+                 + (f"{n} seeds each (python -m nas.final RUN --seeds {n})" if n else f"more than {SEEDS_CAP} seeds each"))
     return line
 
 

@@ -37,14 +37,8 @@ def check(score: Any, ratio: Any) -> tuple[str, int]:
         name = ""
     elif name not in SCORES:
         raise UserError(f"--prefilter {score!r}: expected one of {', '.join(SCORES)} (or none)")
-    import argparse
-
-    from nas.config import _positive_int
-    try:
-        n = _positive_int("--prefilter-ratio")(ratio)
-    except argparse.ArgumentTypeError as exc:
-        raise UserError(str(exc)) from None
-    return name, n
+    from nas.config import _positive_int, checked
+    return name, checked(_positive_int("--prefilter-ratio"), ratio)
 
 
 def prefilter_reward(loop: Any, job: Any) -> float:
