@@ -3,7 +3,7 @@
 Objective `surrogate` (default): the search's reward, MnasNet's ACC × (MACs/T)^-0.07
 (`nas.records.Objective`, T = 400M at 224 px), with ACC the proxy accuracy predicted by
 a surrogate fitted on real proxy runs of the default space (`bench/surrogate.py`, data
-in `bench/data/surrogate_v1.csv.gz`). Objective `naswot`: the same with ACC replaced by the NASWOT score
+in `bench/data/surrogate_v2.csv.gz`). Objective `naswot`: the same with ACC replaced by the NASWOT score
 (`nas.zero_cost.naswot`: class-balanced batch of mnist5k, fixed init, dropout and
 drop-connect off: deterministic) — a training-free check, not evidence of accuracy.
 
@@ -364,7 +364,7 @@ def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--objective", choices=("surrogate", "naswot"), default="surrogate",
                     help="surrogate (default: trained accuracy, bench/data/) or naswot (training-free)")
-    ap.add_argument("--data", default=str(DATA), help="the surrogate's table (default bench/data/surrogate_v1.csv.gz)")
+    ap.add_argument("--data", default=str(DATA), help="the surrogate's table (default bench/data/surrogate_v2.csv.gz)")
     ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="evaluation budgets (default 40,100,300)")
     ap.add_argument("--seeds", type=int, default=20, help="seeds per method (default 20)")
     ap.add_argument("--seed-offset", type=int, default=0, help="first seed (default 0; held-out: 1000)")

@@ -2,7 +2,7 @@
 
 Why a surrogate (NAS-Bench-301, Zela et al. 2022): comparing controllers needs many
 seeds × hundreds of proposals, far more than can be trained; a model fitted on real
-proxy runs (`bench/surrogate_data.py`; the frozen table `bench/data/surrogate_v1.csv.gz`) answers in
+proxy runs (`bench/surrogate_data.py`; the frozen table `bench/data/surrogate_v2.csv.gz`) answers in
 milliseconds, and its held-out error says how far to trust it.
 
 Features: the decisions in canonical form, per block of the canonical spec (so that
@@ -27,7 +27,7 @@ The seed-noise ceiling: τ between seed 1 and seed 2 of the same architectures. 
 comparable figure is the surrogate's τ against one seed alone (both then predict one
 noisy measurement); the τ against the two-seed mean is higher for both.
 
-    python bench/surrogate.py [--data bench/data/surrogate_v1.csv.gz] [--folds 5] [--json]
+    python bench/surrogate.py [--data bench/data/surrogate_v2.csv.gz] [--folds 5] [--json]
 """
 from __future__ import annotations
 
@@ -45,9 +45,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# The frozen table the benchmark's figures were measured with (BENCHMARKS.md). The data
-# script keeps extending bench/data/surrogate.csv.gz; a later version is a copy of it.
-DATA = Path(__file__).resolve().parent / "data" / "surrogate_v1.csv.gz"
+# The frozen table the benchmark's figures were measured with (BENCHMARKS.md): v2 = 400
+# uniform architectures + the trajectories of every compared method; v1 = its first 243
+# (the earlier held-out run). The data script writes bench/data/surrogate.csv.gz; a new
+# version is a copy of it under the next name.
+DATA = Path(__file__).resolve().parent / "data" / "surrogate_v2.csv.gz"
 OPS = ("mbconv", "dsconv", "conv")
 MODEL = "gbm"      # frozen default (chosen by cross-validation; BENCHMARKS.md)
 RANDOM_STATE = 0
@@ -226,7 +228,7 @@ class Surrogate:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(DATA), help="the table (default bench/data/surrogate_v1.csv.gz)")
+    ap.add_argument("--data", default=str(DATA), help="the table (default bench/data/surrogate_v2.csv.gz)")
     ap.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     ap.add_argument("--models", default=",".join(MODELS), help=f"compared models (default {','.join(MODELS)})")
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")

@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", default=str(DEFAULT_EXPORT), help="the table written (default bench/data/surrogate.csv.gz)")
     p.add_argument("--export-only", action="store_true", help="write the table from the store, train nothing")
     p.add_argument("--known", metavar="TABLE", help="an earlier table of the same collection (e.g. the shipped "
-                                                    "bench/data/surrogate.csv.gz): its architectures measured on every "
+                                                    "bench/data/surrogate_v2.csv.gz): its architectures measured on every "
                                                     "seed are kept, not trained again")
     return p
 
