@@ -253,3 +253,23 @@ def test_trajectories_file_feeds_the_data_script_with_its_origin(table, tmp_path
     origins = [r["origin"] for r in rows]
     assert origins[:3] == ["uniform"] * 3 and set(origins[3:]) <= {"trajectory:random", "trajectory:evolution"}
     assert len(rows) > 3
+
+
+def _raw(best40: list[float], longest: list[list[float]]) -> dict:
+    return {"best": {40: best40}, "longest": longest, "top": len(longest[0]), "asked_longest": 1,
+            "controller_ms_per_proposal": 0.0, "config": {}}
+
+
+def test_goal_carries_a_one_sided_test_of_best_of_40_against_random_best_of_200():
+    rng = np.random.default_rng(0)
+    runs = [list(rng.uniform(0.90, 0.95, 200)) for _ in range(20)]
+    random = _raw([max(r[:40]) for r in runs], runs)
+    better = _raw(list(rng.uniform(0.96, 0.99, 20)), runs)
+    worse = _raw(list(rng.uniform(0.80, 0.85, 20)), runs)
+    g = bc.summarize({"random": random, "x": better}, [40])["goal_40_vs_random_200"]
+    assert g["met"] and g["best_method_at_40"] == "x"
+    assert g["p_mannwhitney"] < 1e-6 and g["share_above_random_median"] == 1.0
+    g = bc.summarize({"random": random, "y": worse}, [40])["goal_40_vs_random_200"]
+    assert not g["met"] and g["best_method_at_40"] == "random"   # random's 40 is below its own 200
+    assert g["p_mannwhitney"] > 0.5
+    assert "Mann-Whitney U p = " in bc.report(bc.summarize({"random": random, "x": better}, [40]), [40])
