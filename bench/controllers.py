@@ -328,13 +328,14 @@ def _fmt(v: Optional[float], spec: str = ".4f") -> str:
 
 def report(summary: dict, budgets: Sequence[int]) -> str:
     lines = ["", "best reward, median [IQR] over seeds:",
-             "method         " + "".join(f"{'@' + str(b):>28s}" for b in budgets)]
+             "method         " + "".join(f"{'@' + str(b):>32s}" for b in budgets)]
     for m, row in summary["methods"].items():
         cells = []
         for b in budgets:
             e = row["budgets"].get(str(b))
-            cells.append(f"{'-':>28s}" if e is None else
-                         f"{e['median']:.4f} [{e['q1']:.4f}, {e['q3']:.4f}]".rjust(28))
+            # 32: room for three-digit scores (the naswot objective) and a space between
+            cells.append(f"{'-':>32s}" if e is None else
+                         f"{e['median']:.4f} [{e['q1']:.4f}, {e['q3']:.4f}]".rjust(32))
         lines.append(f"{m:14s} " + "".join(cells))
     lines += ["", "ratio to random search's median at the same budget:"]
     for m, row in summary["methods"].items():
