@@ -195,27 +195,29 @@ def test_sigkill_of_an_nni_launcher_leaves_no_nni_process_and_resume_trains_each
 
     from nas.nni.engine import NniEngine
 
-    # NNI itself sometimes fails to start or stalls (README, "Faults"); that is not what this
-    # test is about, so a launcher that dies before the kill point gets one fresh try, and
-    # its log is in the message if the second one dies too.
-    for attempt in (1, 2):
-        out = tmp_path / f"run{attempt}"
-        log = tmp_path / f"driver{attempt}.log"
-        with open(log, "wb") as sink:
-            proc = subprocess.Popen([sys.executable, "-c", DRIVER.format(tests=str(ROOT / "tests"), out=str(out),
-                                                                         create=True)],
-                                    cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                                    stdout=sink, stderr=subprocess.STDOUT)
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if Store.is_run(out) and Store.open(out).count("search") >= 2:
-                break
-            time.sleep(0.2)
-        if proc.poll() is None or attempt == 2:
-            break
+    # NNI itself sometimes fails to start or stalls (README, "Faults and what the search
+    # does"); that is not what this test is about, so a launcher that dies before the kill
+    # point gets one fresh try, and its log is in the message if the second one dies too.
+    procs = []
     try:
-        tail = log.read_text(errors="replace")[-3000:]
-        assert proc.poll() is None and _nni_processes(out), f"launcher exited {proc.poll()}:\n{tail}"
+        for attempt in (1, 2):
+            out = tmp_path / f"run{attempt}"
+            log = tmp_path / f"driver{attempt}.log"
+            with open(log, "wb") as sink:
+                proc = subprocess.Popen([sys.executable, "-c", DRIVER.format(tests=str(ROOT / "tests"), out=str(out),
+                                                                             create=True)],
+                                        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                        stdout=sink, stderr=subprocess.STDOUT)
+            procs.append(proc)
+            deadline = time.time() + 120
+            while time.time() < deadline and proc.poll() is None:
+                if Store.is_run(out) and Store.open(out).count("search") >= 2:
+                    break
+                time.sleep(0.2)
+            if proc.poll() is None:
+                break
+        assert proc.poll() is None and _nni_processes(out), \
+            f"launcher exited {proc.poll()}:\n{log.read_text(errors='replace')[-3000:]}"
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         killed = time.time()
@@ -224,8 +226,9 @@ def test_sigkill_of_an_nni_launcher_leaves_no_nni_process_and_resume_trains_each
         gone_after = time.time() - killed
         assert _nni_processes(out) == [], f"NNI processes left {gone_after:.0f} s after the kill"
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
     with Store.open(out) as st:
         before = {r["proposal_id"]: r for r in st.trials()}
     space, store, loop = _loop(out, trials=8, create=False)
