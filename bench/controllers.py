@@ -1,16 +1,16 @@
 """Sample efficiency of the controllers, under the search's own rules, on a trained objective.
 
 Objective `surrogate` (default): the search's reward, MnasNet's ACC × (MACs/T)^-0.07
-(`nas.records.Objective`, T = 400M at 224 px), with ACC the proxy accuracy predicted by
+(`nas.search.objective.Objective`, T = 400M at 224 px), with ACC the proxy accuracy predicted by
 a surrogate fitted on real proxy runs of the default space (`bench/surrogate.py`, data
 in `bench/data/surrogate_v2.csv.gz`). Objective `naswot`: the same with ACC replaced by the NASWOT score
-(`nas.zero_cost.naswot`: class-balanced batch of mnist5k, fixed init, dropout and
+(`nas.evaluate.zero_cost.naswot`: class-balanced batch of mnist5k, fixed init, dropout and
 drop-connect off: deterministic) — a training-free check, not evidence of accuracy.
 
-Every method is driven by one loop with the search's rules (`nas.loop.SearchLoop`),
+Every method is driven by one loop with the search's rules (`nas.search.loop.SearchLoop`),
 one proposal at a time:
 - a proposal outside the cost window (0.5-1.0 × T) is told the cost-only reward
-  (`nas.loop.cost_only_reward`) and does not count;
+  (`nas.search.objective.Objective.cost_only_reward`) and does not count;
 - a proposal whose architecture (canonical key) was evaluated already in this run is
   told the known reward and does not count (the search's cache);
 - only distinct in-window evaluations count against the budget; at most 50 × budget +
@@ -19,7 +19,7 @@ So the de-duplication is the same for every method: a repeat costs no evaluation
 anyone, and a method that repeats itself only loses proposals.
 
 Methods, each at the configuration a search would use at that budget: ours (`rl`,
-`evolution`, `random`, `predictor`) built by `nas.loop.ControllerRecipe.for_run` (the
+`evolution`, `random`, `predictor`) built by `nas.search.recipe.ControllerRecipe.for_run` (the
 `--controller` sizing, the canonical key, the predictor's cost window); NNI 3.0's TPE,
 Evolution, Regularized Evolution and GP tuners through their tuner API
 (`bench/nni_tuners.py`; NNI's evolution tuners sized like ours; the GP with a cheaper
@@ -73,7 +73,7 @@ class Evaluator:
     """reward(spec, macs) of the chosen objective, cached per canonical key (deterministic)."""
 
     def __init__(self, kind: str, data: str | Path = DATA, model: str = MODEL) -> None:
-        from nas.records import Objective
+        from nas.search.objective import Objective
         self.kind = kind
         self.objective = Objective(TARGET)
         self.cache: dict[str, float] = {}
@@ -84,9 +84,9 @@ class Evaluator:
             self.n_data = self.surrogate.n
             self.score: Callable[[Any], float] = self.surrogate.accuracy
         elif kind == "naswot":
-            from nas import data as D
-            from nas import zero_cost
-            from nas.budget import ProxyBudget
+            from nas.evaluate import data as D
+            from nas.evaluate import zero_cost
+            from nas.evaluate.budget import ProxyBudget
             batch = zero_cost.balanced_batch(D.load(ProxyBudget()))
             self.n_data = 0
             self.score = lambda spec: zero_cost.naswot(spec, batch, seed=0)
@@ -105,7 +105,7 @@ class Evaluator:
 
 def build(method: str, space: Any, seed: int, budget: int) -> Any:
     if method in OURS:
-        from nas.loop import ControllerRecipe
+        from nas.search.recipe import ControllerRecipe
         return ControllerRecipe.for_run(method, seed, budget, target=TARGET, cost_window=WINDOW,
                                         target_resolution=RES).build(space)
     return nni_tuners.NniController(method, space.decisions, seed, budget)
@@ -114,7 +114,7 @@ def build(method: str, space: Any, seed: int, budget: int) -> Any:
 def config(method: str, budget: int) -> Any:
     """What the method is built with at `budget` (runs with equal configs are shared)."""
     if method in OURS:
-        from nas.loop import ControllerRecipe
+        from nas.search.recipe import ControllerRecipe
         return ControllerRecipe.for_run(method, 0, budget, target=TARGET, cost_window=WINDOW).kwargs
     return nni_tuners.config(method, budget)
 
@@ -123,7 +123,7 @@ def drive(ctl: Any, space: Any, evaluate: Evaluator, budget: int) -> dict:
     """One run under the search's rules (module docstring); the reward of each counted
     evaluation in order, proposals asked, and seconds spent inside the controller."""
     from controllers import SpaceExhausted
-    from nas.loop import cost_only_reward
+    from nas.search.objective import Objective
     from search_space import cost
 
     lo, hi = WINDOW[0] * TARGET, WINDOW[1] * TARGET
@@ -143,7 +143,7 @@ def drive(ctl: Any, space: Any, evaluate: Evaluator, budget: int) -> dict:
         spec = space.decode(list(p.choices), num_classes=1000, resolution=RES)
         macs = int(cost.macs(spec, RES))
         if not lo <= macs <= hi:
-            r = cost_only_reward(macs, TARGET, CHANCE)
+            r = Objective(TARGET).cost_only_reward(macs, None, CHANCE)
         else:
             key = spec.key()
             r = known.get(key)

@@ -31,23 +31,26 @@ TARGET = 400_000_000
 
 def noop_evaluate(spec, budget):
     """No work at all: a fixed accuracy."""
-    from nas.result import TrialResult
+    from nas.evaluate.result import TrialResult
     return TrialResult(status="ok", accuracy=0.5)
 
 
 def sleep_evaluate(spec, budget):
     """Sleeps BENCH_SLEEP seconds (default 0.2): a trial that waits, using no CPU."""
-    from nas.result import TrialResult
+    from nas.evaluate.result import TrialResult
     time.sleep(float(os.environ.get("BENCH_SLEEP", "0.2")))
     return TrialResult(status="ok", accuracy=0.5)
 
 
 def run_search(trials: int, workers: int, evaluator: str, in_process: bool = False) -> float:
     """Wall seconds of a search of `trials` trials (random controller, no cost window)."""
-    from nas.budget import ProxyBudget
-    from nas.engine import EvalContext
-    from nas.loop import ControllerRecipe, LoopSettings, SearchLoop
-    from nas.engine_local import LocalEngine
+    from nas.evaluate.budget import ProxyBudget
+    from nas.engines.protocol import EvalContext
+    from nas.search.loop import SearchLoop
+    from nas.search.recipe import ControllerRecipe
+    from nas.search.objective import Objective
+    from nas.search.settings import CostWindow, LoopSettings, StopRule
+    from nas.engines.local import LocalEngine
     from nas.store import Store
     from search_space.space import SearchSpace
 
@@ -55,7 +58,7 @@ def run_search(trials: int, workers: int, evaluator: str, in_process: bool = Fal
     with tempfile.TemporaryDirectory() as tmp:
         store = Store.create(tmp, {"bench": True})
         loop = SearchLoop(store, space, ControllerRecipe("random", seed=0),
-                          LoopSettings(target=TARGET, trials=trials, cost_window=(0.0, float("inf"))))
+                          LoopSettings(Objective(TARGET), CostWindow(0.0, float("inf")), StopRule(trials=trials)))
         ctx = EvalContext(ProxyBudget(), evaluator=f"bench.engine_overhead:{evaluator}")
         t0 = time.perf_counter()
         LocalEngine(["cpu"] * workers, in_process=in_process).run(loop, ctx)

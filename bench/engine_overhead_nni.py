@@ -20,9 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nas.budget import ProxyBudget  # noqa: E402
-from nas.engine import EvalContext  # noqa: E402
-from nas.loop import ControllerRecipe, LoopSettings, SearchLoop  # noqa: E402
+from nas.evaluate.budget import ProxyBudget  # noqa: E402
+from nas.engines.protocol import EvalContext  # noqa: E402
+from nas.search.loop import SearchLoop
+from nas.search.recipe import ControllerRecipe
+from nas.search.objective import Objective
+from nas.search.settings import CostWindow, LoopSettings, StopRule  # noqa: E402
 from nas.store import Store  # noqa: E402
 from search_space.space import SearchSpace  # noqa: E402
 
@@ -33,7 +36,7 @@ def measure(engine, out: Path, trials: int) -> dict:
     space = SearchSpace.default()
     store = Store.create(out, {"bench": engine.name})
     loop = SearchLoop(store, space, ControllerRecipe("random", seed=0),
-                      LoopSettings(target=TARGET, trials=trials, cost_window=(0.0, 1e9)))
+                      LoopSettings(Objective(TARGET), CostWindow(0.0, 1e9), StopRule(trials=trials)))
     ctx = EvalContext(budget=ProxyBudget(), evaluator="nas.trial:hash_evaluate")
     t0 = time.time()
     engine.run(loop, ctx)
@@ -57,7 +60,7 @@ def main() -> None:
     if trials < 2:
         print("--trials must be at least 2", file=sys.stderr)
         sys.exit(2)
-    from nas.engine_local import LocalEngine
+    from nas.engines.local import LocalEngine
     from nas.nni.engine import NniEngine
 
     with tempfile.TemporaryDirectory() as tmp:

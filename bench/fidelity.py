@@ -58,8 +58,8 @@ def b0_test_accuracy(out: Path) -> float | None:
 
 
 def one_run(arm: str, seed: int, args: argparse.Namespace, root: Path) -> dict:
-    from nas.asha import epochs_of
-    from nas.search import main
+    from nas.search.asha import epochs_of
+    from nas.cli.search import main
     from nas.store import Store
 
     out = root / f"{arm}-seed{seed}"

@@ -1,10 +1,10 @@
-"""Benchmark: training images/s of `nas.train` vs a minimal hand-written PyTorch loop.
+"""Benchmark: training images/s of `nas.evaluate.train` vs a minimal hand-written PyTorch loop.
 
 Same model (EfficientNet-B0, 10 classes), same batch, same data (mnist5k at the proxy
 resolution), same memory format and precision, same process; runs alternate and the best
 of each is compared, printed as a ratio (goal: >= 0.95x). With CUDA, also prints B0
 training images/s at 224 (bf16 + channels_last, synthetic batch) and at the proxy
-resolution through `nas.train`.
+resolution through `nas.evaluate.train`.
 
     python bench/proxy_train.py [--quick] [--json] [--steps N] [--batch N] [--resolution R]
 """
@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from nas.budget import ProxyBudget  # noqa: E402
-from nas.data import load  # noqa: E402
-from nas.train import train  # noqa: E402
+from nas.evaluate.budget import ProxyBudget  # noqa: E402
+from nas.evaluate.data import load  # noqa: E402
+from nas.evaluate.train import train  # noqa: E402
 from search_space import zoo  # noqa: E402
 from search_space.model import build  # noqa: E402
 
@@ -62,7 +62,7 @@ def hand_loop(spec, data, steps: int, batch: int, lr: float, channels_last: bool
 def nas_train(spec, data, budget: ProxyBudget) -> float:
     result = train(spec, budget, data)
     if result.status != "ok":
-        raise SystemExit(f"nas.train failed: {result.status} {result.message}")
+        raise SystemExit(f"nas.evaluate.train failed: {result.status} {result.message}")
     return result.images_per_sec
 
 
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         "ratio": round(max(ours) / max(base), 3),
     }
     print(f"CPU  B0 @ {args.resolution}px, batch {args.batch}, {steps} steps, best of {repeats}:")
-    print(f"  nas.train  {figures['nas_train_images_per_sec']:9.1f} images/s  (augmentation, schedule, NaN checks included)")
+    print(f"  nas.evaluate.train  {figures['nas_train_images_per_sec']:9.1f} images/s  (augmentation, schedule, NaN checks included)")
     print(f"  hand loop  {figures['hand_loop_images_per_sec']:9.1f} images/s")
     print(f"  ratio      {figures['ratio']:9.3f}x  (goal >= 0.95x)")
     if not args.quick:
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
         nas_train(spec, gdata, gbudget)  # warm-up
         figures["gpu_nas_train_proxy_images_per_sec"] = round(nas_train(spec, gdata, gbudget), 1)
         print(f"GPU  {figures['gpu']}: B0 @ 224 bf16+channels_last {figures['gpu_b0_224_bf16_images_per_sec']:.1f} images/s; "
-              f"nas.train @ {args.resolution}px batch 256 {figures['gpu_nas_train_proxy_images_per_sec']:.1f} images/s")
+              f"nas.evaluate.train @ {args.resolution}px batch 256 {figures['gpu_nas_train_proxy_images_per_sec']:.1f} images/s")
     else:
         print("GPU  not available: skipped the 224px bf16 figures")
     if args.json:

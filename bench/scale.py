@@ -4,9 +4,9 @@ For each controller (random, evolution, rl), with an evaluator that does no work
 (`flat_evaluate` below) and the cost window 0..inf (every new proposal is trained),
 a search of N proposals (N trials for random and evolution, which never repeat; RL
 repeats, see `child_search`) runs through the real pieces a user runs: the options
-parsed and validated by `nas.search` (so the store is one `--resume` accepts), `nas.loop.SearchLoop`
-with the CLI's recipe (`ControllerRecipe.for_run`) and settings, a `nas.store.Store`, and
-the CLI's listeners (`report.Progress(enabled=False)`, `nas.search._refresh_files`:
+parsed and validated by `nas.search` (so the store is one `--resume` accepts), `nas.search.loop.SearchLoop`
+with the CLI's recipe (`ControllerRecipe.for_run`) and settings, a `nas.store.store.Store`, and
+the CLI's listeners (`Progress(enabled=False)`, `nas.cli.runs.refresh_files`:
 trials.csv and best.yaml). Engines: `LocalEngine(in_process=True)` and the pool with one
 worker process. Each search runs in a process of its own, so its peak RSS is its own.
 
@@ -17,7 +17,7 @@ quadratic) and the ratios against the smallest N, the baseline measured in the s
 run. Then, on the largest in-process store of each controller: `python -m nas.search
 --resume` with 20 trials more, timed from its process start to its first new trial
 record (the store's `finished_at`); `--keep DIR` keeps those run folders (pareto.png).
-And TensorBoard: `nas.tb.TBLogger`'s cost per record over the first and the last
+And TensorBoard: `nas.reports.tb.TBLogger`'s cost per record over the first and the last
 thousand of N records.
 
 Goals (issue "20,000 trials without slowing down"): <= 5 ms a trial at 20,000 for
@@ -58,7 +58,7 @@ def flat_evaluate(spec, budget):
     trials took 19,156 proposals), which measures the cache, not 20,000 trials."""
     import random
 
-    from nas.result import TrialResult
+    from nas.evaluate.result import TrialResult
     return TrialResult(status="ok", accuracy=0.4 + 0.2 * random.random())
 
 
@@ -89,19 +89,21 @@ def child_search(controller: str, n: int, engine: str, out: str) -> dict:
     proposals, each an ask, a tell, a record and two checkpoints, as for a trial."""
     import dataclasses
 
-    from nas import config as cfg
-    from nas import report, search
-    from nas.engine_local import LocalEngine
-    from nas.loop import SearchLoop
+    from nas.cli import options as cfg
+    from nas.cli.runs import refresh_files
+    from nas.cli.setup import validate
+    from nas.reports.progress import Progress
+    from nas.engines.local import LocalEngine
+    from nas.search.loop import SearchLoop
     from nas.store import Store
 
     opts, given = cfg.parse(cli_args(controller, n, out))
-    setup = search.validate(opts, given, None)
-    settings = dataclasses.replace(setup.settings, max_proposals=n)
+    setup = validate(opts, given, None)
+    settings = dataclasses.replace(setup.settings, stop=dataclasses.replace(setup.settings.stop, max_proposals=n))
     record = cfg.for_record({k: v for k, v in opts.items() if not k.startswith("_")})
     store = Store.create(out, record)
     stamps: list[float] = []
-    listeners = [report.Progress(n, enabled=False), search._refresh_files(store, Path(out), setup),
+    listeners = [Progress(n, enabled=False), refresh_files(store, Path(out), setup),
                  lambda rec: stamps.append(time.perf_counter())]
     loop = SearchLoop(store, setup.space, setup.recipe, settings, listeners=listeners)
     t0 = time.perf_counter()
@@ -123,7 +125,7 @@ def child_search(controller: str, n: int, engine: str, out: str) -> dict:
 
 def child_tb(records: int, out: str) -> dict:
     """TBLogger's cost per record, first and last thousand of `records`."""
-    from nas.tb import TBLogger
+    from nas.reports.tb import TBLogger
     tb = TBLogger(out)
     k = min(1000, max(1, records // 10))
     times = []

@@ -160,7 +160,7 @@ def dataset(rows: Sequence[dict], space: Any = None) -> tuple[np.ndarray, np.nda
 
 
 def kendall(a: Sequence[float], b: Sequence[float]) -> float:
-    from nas.proxy import kendall as k
+    from nas.proxy.stats import kendall as k
     return k(a, b)
 
 

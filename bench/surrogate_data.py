@@ -11,10 +11,10 @@ script makes that table:
    canonical key, in draw order: the first N of a bigger sample are the same N);
    `--specs FILE` adds given architectures (trajectories of the compared methods:
    one JSON list of choices per line) after them;
-2. trains each under the default search's proxy budget (`nas.budget.ProxyBudget()`:
+2. trains each under the default search's proxy budget (`nas.evaluate.budget.ProxyBudget()`:
    mnist5k, 2 epochs, 32 px; accuracy on the search-validation part, never the test
    part) on `--seeds` seeds (1 ... R, as `nas.proxy check`), through the local engine
-   into a store in `--out` (`nas.proxy.batch_source`): an architecture's seeds are
+   into a store in `--out` (`nas.proxy.check.batch_source`): an architecture's seeds are
    consecutive jobs, so with 2 workers both seeds of one architecture train together
    and the table holds whole architectures, in random order, whenever it stops.
    Rerunning the same command continues (a SIGKILL loses no finished run);
@@ -101,10 +101,10 @@ def read_specs(path: str, space: Any, target_resolution: int) -> list:
 
 def budget_for(seed: int = 0, time_limit: float | None = None) -> Any:
     """The default search's proxy budget (what `nas.search --target-flops 400M` trains with).
-    `time_limit` is no part of what a run measures (`nas.proxy.job_id` leaves it out):
+    `time_limit` is no part of what a run measures (`nas.evaluate.budget.measurement_id` leaves it out):
     on a loaded machine a longer one keeps slow runs from being cut off as 'timeout'."""
-    from nas.budget import ProxyBudget
-    from nas.config import DEFAULTS
+    from nas.evaluate.budget import ProxyBudget
+    from nas.cli.options import DEFAULTS
 
     return ProxyBudget(dataset=DEFAULTS["dataset"], resolution=int(DEFAULTS["proxy_resolution"]),
                        target_resolution=int(DEFAULTS["target_resolution"]), epochs=float(DEFAULTS["proxy_epochs"]),
@@ -208,20 +208,20 @@ class _Exporter:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nas import config as cfg
+    from nas.cli.args import Parser, count, int_at_least, number
 
-    p = cfg._Parser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("--archs", type=cfg._int_at_least("--archs", 1), default=400,
+    p = Parser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--archs", type=int_at_least("--archs", 1), default=400,
                    help="architectures sampled uniformly in the cost window (default 400)")
-    p.add_argument("--seeds", type=cfg._int_at_least("--seeds", 1, 10), default=2,
+    p.add_argument("--seeds", type=int_at_least("--seeds", 1, 10), default=2,
                    help="training seeds 1..R per architecture (default 2)")
-    p.add_argument("--target-flops", type=cfg._count, default=400_000_000, help="cost target T (default 400M)")
+    p.add_argument("--target-flops", type=count, default=400_000_000, help="cost target T (default 400M)")
     p.add_argument("--cost-window", default="0.5,1.0", help="LO,HI relative to T (default 0.5,1.0)")
-    p.add_argument("--sample-seed", type=cfg._int_at_least("--sample-seed", 0), default=0,
+    p.add_argument("--sample-seed", type=int_at_least("--sample-seed", 0), default=0,
                    help="seed of the uniform draw (default 0)")
     p.add_argument("--specs", metavar="FILE", help="more architectures: one JSON line each, a choice list or {\"choices\": [...], \"origin\": ...} (bench/controllers.py --trajectories)")
-    p.add_argument("--workers", type=cfg._int_at_least("--workers", 1), default=2, help="runs at once (default 2)")
-    p.add_argument("--trial-timeout", type=cfg._float("--trial-timeout", 0, strict=True), default=3600.0,
+    p.add_argument("--workers", type=int_at_least("--workers", 1), default=2, help="runs at once (default 2)")
+    p.add_argument("--trial-timeout", type=number("--trial-timeout", 0, strict=True), default=3600.0,
                    metavar="SECONDS", help="a run longer than this is recorded as 'timeout' (default 3600: the "
                                            "collection runs at low priority beside other work)")
     p.add_argument("--evaluator", default="nas.trial:evaluate", help="the trainer (default nas.trial:evaluate)")
@@ -235,11 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    from nas import report
-    from nas.config import parse_window
-    from nas.engine import EvalContext, load_evaluator, sigterm_as_interrupt
-    from nas.engine_local import LocalEngine, device_slots
-    from nas.proxy import batch_source
+    from nas.reports.progress import Progress
+    from nas.cli.args import parse_window
+    from nas.engines.evaluator import load_evaluator
+    from nas.engines.protocol import EvalContext, sigterm_as_interrupt
+    from nas.engines.local import LocalEngine, device_slots
+    from nas.proxy.check import batch_source
     from nas.store import Store
     from search_space import cost  # noqa: F401 - fail early if the space cannot be costed
     from search_space.space import SearchSpace
@@ -269,7 +270,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     seeds = list(range(1, int(a.seeds) + 1))
     meta = {"budget": budget.to_dict(), "seeds": seeds, "target": int(a.target_flops), "window": list(window),
             "target_resolution": tres, "sample_seed": int(a.sample_seed), "evaluator": a.evaluator,
-            "space": "SearchSpace.default()", "accuracy": "search-validation part (nas.data), never the test part",
+            "space": "SearchSpace.default()", "accuracy": "search-validation part (nas.evaluate.data), never the test part",
             **machine()}
     known = known_rows(a.known, items, seeds, meta) if a.known else {}
     todo = [i for i in range(len(items)) if i not in known]
@@ -300,7 +301,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {len(items)} architectures x seeds {seeds} = {len(items) * len(seeds)} runs, "
               f"{from_known}{done} stored; store {out}", file=sys.stderr, flush=True)
         if not a.export_only and done < len(source.jobs):
-            progress = report.Progress(len(source.jobs), done=done, kind=KIND)
+            progress = Progress(len(source.jobs), done=done, kind=KIND)
             source.listeners.append(progress)
             source.listeners.append(_Exporter(lambda: export(export_path, table_rows(items, source, seeds, todo, known),
                                                              seeds, meta)))
@@ -322,7 +323,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from nas.errors import cli_main
+    from nas.cli.args import cli_main
     return cli_main(PROG, lambda: run(argv), "interrupted; finished runs are stored, rerun the command to go on")
 
 

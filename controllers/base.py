@@ -21,7 +21,7 @@ without the keys, bounded whatever the run's length, with their number; after
 the choices of every proposal made before it was saved. Why replay and not an
 append-only table of keys: the store already holds every proposal's choices and key
 (the trials and pending tables, written in the same transaction as the checkpoint taken
-after the ask), so nothing new is written and nothing can disagree. `nas.loop.SearchLoop`
+after the ask), so nothing new is written and nothing can disagree. `nas.search.loop.SearchLoop`
 saves history-free states and replays on resume. Until the history is replayed, `ask`
 raises RuntimeError (re-proposing silently would break exact resume), and a replay that
 yields another number of keys than the state was saved with raises ValueError.

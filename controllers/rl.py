@@ -13,7 +13,7 @@ updates) are importance-weighted correctly. Advantages are divided by a running 
 (EMA of squared advantages), not by the batch's std, which would inflate noise-level
 differences once the policy concentrates. Defaults (lr 1e-2, batch 4, entropy weight
 2e-2) suit budgets of hundreds of proposals: more updates early, no collapse onto a
-few architectures later (README.md, "Controllers", gives the numbers).
+few architectures later (docs/controllers.md gives the numbers).
 Failures count as reward `failure_reward` (default: the lowest reward seen so far, 0
 before any).
 

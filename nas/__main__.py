@@ -1,7 +1,7 @@
 """`python -m nas` runs the search (same as `python -m nas.search`)."""
 import sys
 
-from nas.search import main
+from nas.cli.search import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -145,10 +145,10 @@ def run_grid(b0: ArchSpec, out_dir: str | Path, budget, target: int | None = Non
              tol: float = 0.1, alpha_range=(1.0, 2.0), beta_range=(1.0, 1.5), gamma_range=(1.0, 1.5),
              workers: int = 1, max_candidates: int | None = None, evaluator: str = DEFAULT_EVALUATOR,
              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> GridResult:
-    """The grid search on the local engine (`nas.grid.run_grid`), resumable through
+    """The grid search on the local engine (`nas.search.grid.run_grid`), resumable through
     `out_dir/search.db`.
 
-    `budget` is a `nas.budget.ProxyBudget` for the baseline (its `resolution` the proxy
+    `budget` is a `nas.evaluate.budget.ProxyBudget` for the baseline (its `resolution` the proxy
     resolution; `target_resolution` is set to b0's). A grid with the same baseline,
     budget, evaluator, target and points is read back from the store, not retrained;
     one that differs in any of them is trained anew beside it. Writes grid.md, grid.csv
@@ -156,12 +156,13 @@ def run_grid(b0: ArchSpec, out_dir: str | Path, budget, target: int | None = Non
     """
     import dataclasses
 
-    from nas.engine import EvalContext
-    from nas.engine_local import LocalEngine, device_slots
-    from nas.grid import grid_kind
-    from nas.grid import run_grid as run_on_store
-    from nas.records import Objective
-    from nas.store import Store
+    from nas.cli.rundir import open_run
+    from nas.engines.local import LocalEngine, device_slots
+    from nas.engines.protocol import EvalContext
+    from nas.search.grid import grid_kind
+    from nas.search.grid import run_grid as run_on_store
+    from nas.search.objective import Objective
+    from nas.store.store import Store
     from search_space import cost
 
     candidates = grid_candidates(step, alpha_range, beta_range, gamma_range, tol)
@@ -184,16 +185,7 @@ def run_grid(b0: ArchSpec, out_dir: str | Path, budget, target: int | None = Non
         probe.unlink()
     except OSError as exc:
         raise ScalingError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
-    from nas import lock
-    lock.acquire(out, "the grid")
-    if Store.is_run(out):
-        store = Store.open(out)
-        if store.config != STORE_CONFIG:
-            store.close()
-            raise ScalingError(f"--out {out}: holds a search run, not a grid; use another --out")
-        store.requeue_pending()
-    else:
-        store = Store.create(out, STORE_CONFIG)
+    existing = Store.is_run(out)
     ctx = EvalContext(budget=budget, evaluator=evaluator)
     objective = Objective(int(target))
     kind = grid_kind(b0, ctx, objective, candidates)
@@ -212,10 +204,13 @@ def run_grid(b0: ArchSpec, out_dir: str | Path, budget, target: int | None = Non
                 + (f" accuracy {acc:.4f}" if acc is not None else ""))
         return [line]
 
-    try:
+    with open_run(out, "the grid", "rerun the same command to go on", config=None if existing else STORE_CONFIG,
+                  create=not existing) as store:
+        if existing:  # checked under the lock: another process may be writing it
+            if store.config != STORE_CONFIG:
+                raise ScalingError(f"--out {out}: holds a search run, not a grid; use another --out")
+            store.requeue_pending()
         result = run_on_store(store, b0, candidates, engine, ctx, objective, kind=kind, listeners=listeners)
-    finally:
-        store.close()
     save_grid_table(result.rows, out)
     best = None
     if result.best is not None:
@@ -229,8 +224,8 @@ def _check_budget_args(args) -> None:
     """The proxy-budget options, checked before anything trains (else every candidate just fails)."""
     import math
 
-    from nas.budget import DATASETS
-    from nas.data import resolve_device  # raises nas.errors.UserError: one line, exit 2
+    from nas.evaluate.budget import DATASETS
+    from nas.evaluate.device import resolve  # raises nas.errors.UserError: one line, exit 2
     if args.proxy_resolution < 1:
         raise ScalingError(f"--proxy-resolution must be >= 1, got {args.proxy_resolution}")
     if args.batch_size < 1:
@@ -243,13 +238,13 @@ def _check_budget_args(args) -> None:
         raise ScalingError(f"--dataset {args.dataset!r}: expected one of {', '.join(DATASETS)}")
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise ScalingError(f"--data-dir {args.data_dir}: no such folder")
-    resolve_device(args.device)
+    resolve(args.device, "--device")
 
 
 def cmd_grid(args) -> int:
     b0 = load_baseline(args.spec)
-    from nas.budget import ProxyBudget
-    from nas.reward import parse_count
+    from nas.cli.args import parse_count
+    from nas.evaluate.budget import ProxyBudget
     _check_budget_args(args)
     target = parse_count(args.target_flops, "--target-flops") if args.target_flops is not None else None
     budget = ProxyBudget(dataset=args.dataset, data_dir=args.data_dir, resolution=args.proxy_resolution,

@@ -4,7 +4,7 @@ A space is a skeleton of blocks (stages) plus, per block, the options of seven
 choices (conv op, kernel, expansion, SE, skip, filter multiplier, layers delta).
 Controllers see only `decisions`: a flat list of named categorical decisions; a
 proposal is one index per decision, and `decode` turns it into an `ArchSpec`.
-The file format is documented in README.md, "The search space file".
+The file format is documented in docs/space-file.md.
 """
 from __future__ import annotations
 

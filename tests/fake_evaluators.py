@@ -9,7 +9,7 @@ import hashlib
 import os
 import time
 
-from nas.result import TrialResult
+from nas.evaluate.result import TrialResult
 
 # What `mixed` does with an architecture, by its key's hash (see `behaviour`).
 BEHAVIOURS = ("raise", "nan", "hang", "exit", "ok", "ok", "ok", "ok")
@@ -92,9 +92,9 @@ def curve_accuracy(key: str, fraction: float) -> float:
 
 
 def curve(spec, budget, rungs=None, on_rung=None):
-    """`ok` with a learning curve and ASHA's hook (`nas.asha`): at each rung fraction it
+    """`ok` with a learning curve and ASHA's hook (`nas.search.asha`): at each rung fraction it
     reports `curve_accuracy` and stops when told to; sleeps EFFNAS_FAKE_SLEEP per rung."""
-    from nas.asha import stopped_result
+    from nas.evaluate.result import stopped_result
 
     delay = float(os.environ.get("EFFNAS_FAKE_SLEEP", "0") or 0)
     key = spec.key()

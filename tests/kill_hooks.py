@@ -62,7 +62,7 @@ def main(argv: Sequence[str]) -> int:
     if rest[:1] == ["--"]:
         rest = rest[1:]
     install(**{point.replace("-", "_"): n})
-    from nas.search import main as search
+    from nas.cli.search import main as search
     return search(rest)
 
 

@@ -1,4 +1,4 @@
-"""ASHA early stopping (`--early-stop asha`, nas/asha.py): the rung schedule, the stopping
+"""ASHA early stopping (`--early-stop asha`, nas/search/asha.py): the rung schedule, the stopping
 rule on known inputs, a search on a fake evaluator with a learning curve (both local
 engine paths), what the controller is told, SIGKILL + --resume, the NNI assessor path,
 and bad options.
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from nas.asha import Asha, continues, rung_fractions, stopped_reward
-from nas.search import main
+from nas.search.asha import Asha, AshaSettings, continues, rung_fractions
+from nas.cli.search import main
 from nas.store import Store
 from tests.fake_evaluators import accuracy_of, curve_accuracy
 
@@ -48,17 +48,38 @@ def test_stopping_rule_on_known_inputs():
     assert [continues(a, six, 2) for a in six] == [False] * 3 + [True] * 3
 
 
-def test_asha_decisions_are_stored_and_a_rereport_replaces(tmp_path):
-    store = Store.create(tmp_path / "run", {"test": "asha"})
-    asha = Asha(store, eta=3, min_fraction=1 / 9)
+def test_asha_decisions_and_a_rereport_replaces():
+    asha = Asha(AshaSettings(eta=3, min_fraction=1 / 9))
     assert asha.decision_fractions == pytest.approx([1 / 9, 1 / 3])
     assert [asha.decide(p, 0, a) for p, a in ((1, 0.5), (2, 0.6), (3, 0.4), (4, 0.7))] == [True, True, False, True]
     assert asha.decide(3, 0, 0.4) is False            # the same trial again (a resume): not counted twice
     assert asha.recorded[0] == [0.4, 0.5, 0.6, 0.7]
-    assert asha.decide(1, 2, 0.1) is True             # the full budget is no decision rung
-    again = Asha(store, eta=3, min_fraction=1 / 9)    # a new process on the same store
+    assert not asha.is_decision(2, 0.1)               # the full budget is no decision rung
+    assert not asha.is_decision(0, float("nan"))      # nor is a NaN
+    stored = [(p, r, a) for (p, r), a in asha.by_trial.items()]
+    again = Asha(AshaSettings(eta=3, min_fraction=1 / 9), stored)  # a new process, from the store's rows
     assert again.recorded == asha.recorded and again.by_trial == asha.by_trial
     assert again.decide(5, 0, 0.55) is False          # 5 recorded: top 1 is 0.7
+
+
+def test_the_loop_stores_each_rung_accuracy_before_deciding_and_a_new_loop_reads_them(tmp_path):
+    from nas.engines.protocol import Job
+    from nas.search.loop import SearchLoop
+    from nas.search.objective import Objective
+    from nas.search.recipe import ControllerRecipe
+    from nas.search.settings import LoopSettings
+    from search_space.space import SearchSpace
+
+    store = Store.create(tmp_path / "run", {"test": "asha"})
+    settings = LoopSettings(Objective(400_000_000), asha=AshaSettings(eta=3, min_fraction=1 / 9))
+    loop = SearchLoop(store, SearchSpace.default(), ControllerRecipe("random", seed=0), settings)
+    jobs = [Job("search", p, {}, f"k{p}", 1, 1) for p in range(1, 5)]
+    assert [loop.rung(j, 0, a) for j, a in zip(jobs, (0.5, 0.6, 0.4, 0.7))] == [True, True, False, True]
+    assert loop.rung(jobs[0], 2, 0.1) is True         # not a decision rung: neither stored nor counted
+    assert loop.rung(Job("reference", 0, {}, "r", 1, 1), 0, 0.0) is True  # only search trials are judged
+    assert sorted(store.rungs("search")) == [(1, 0, 0.5), (2, 0, 0.6), (3, 0, 0.4), (4, 0, 0.7)]
+    again = SearchLoop(store, SearchSpace.default(), ControllerRecipe("random", seed=0), settings)
+    assert again.asha.recorded == loop.asha.recorded
     store.close()
 
 
@@ -105,10 +126,13 @@ def test_search_with_asha_stops_the_bad_ones(tmp_path, workers):
 
 
 def test_controller_is_told_the_reward_of_the_rung_accuracy(tmp_path):
-    from nas.engine import EvalContext
-    from nas.engine_local import LocalEngine
-    from nas.budget import ProxyBudget
-    from nas.loop import ControllerRecipe, LoopSettings, SearchLoop
+    from nas.engines.protocol import EvalContext
+    from nas.engines.local import LocalEngine
+    from nas.evaluate.budget import ProxyBudget
+    from nas.search.loop import SearchLoop
+    from nas.search.recipe import ControllerRecipe
+    from nas.search.objective import Objective
+    from nas.search.settings import LoopSettings, StopRule
     from search_space.space import SearchSpace
 
     space = SearchSpace.default()
@@ -117,12 +141,12 @@ def test_controller_is_told_the_reward_of_the_rung_accuracy(tmp_path):
     tell = controller.tell
     controller.tell = lambda p, r: (told.__setitem__(p.id, r), tell(p, r))
     store = Store.create(tmp_path / "run", {"test": "asha"})
-    settings = LoopSettings(target=400_000_000, trials=TRIALS, early_stop="asha", eta=3, min_fraction=1 / 9)
+    settings = LoopSettings(Objective(400_000_000), stop=StopRule(trials=TRIALS), asha=AshaSettings(3, 1 / 9))
     loop = SearchLoop(store, space, controller, settings)
     LocalEngine(in_process=True).run(loop, EvalContext(ProxyBudget(), evaluator="tests.fake_evaluators:curve"))
     stopped = _check_stopped_records(store.trials("search"))
     for r in stopped:
-        expected = stopped_reward(settings.objective, r["extra"]["stopped_at"]["accuracy"], r["macs"], None)
+        expected = settings.objective.reward(r["extra"]["stopped_at"]["accuracy"], r["macs"], None)
         assert told[r["proposal_id"]] == pytest.approx(expected) == pytest.approx(r["reward"])
         assert r["status"] not in ("failed",) and r["source"] == "trained"
     assert loop.best()["status"] == "ok"
@@ -178,7 +202,10 @@ def test_nni_assessor_stops_through_the_loop_and_the_tuner_records_stopped(tmp_p
     pytest.importorskip("nni")
     from nni.common.serializer import dump
 
-    from nas.loop import ControllerRecipe, LoopSettings, SearchLoop
+    from nas.search.loop import SearchLoop
+    from nas.search.recipe import ControllerRecipe
+    from nas.search.objective import Objective
+    from nas.search.settings import CostWindow, LoopSettings, StopRule
     from search_space.space import SearchSpace
     from tests.test_nni_engine import _Dispatcher, _session
     from nas.nni.tuner import ControllerTuner
@@ -186,7 +213,7 @@ def test_nni_assessor_stops_through_the_loop_and_the_tuner_records_stopped(tmp_p
     monkeypatch.setenv("HOME", str(tmp_path))
     store = Store.create(tmp_path / "run", {"test": "nni-asha"})
     loop = SearchLoop(store, SearchSpace.default(), ControllerRecipe("random", seed=3),
-                      LoopSettings(target=400_000_000, trials=4, cost_window=(0.0, 1e9), early_stop="asha"))
+                      LoopSettings(Objective(400_000_000), CostWindow(0.0, 1e9), StopRule(trials=4), asha=AshaSettings()))
     tuner = ControllerTuner(session=str(_session(tmp_path, loop)))
     nni_side = _Dispatcher(tuner)
     killed = []
@@ -209,7 +236,7 @@ def test_nni_assessor_stops_through_the_loop_and_the_tuner_records_stopped(tmp_p
     c = params[2]["job"]["proposal_id"]
     assert list(rows) == [c] and rows[c]["status"] == "stopped"
     assert rows[c]["extra"]["stopped_at"] == {"rung": 0, "fraction": pytest.approx(1 / 9), "accuracy": 0.3}
-    assert rows[c]["reward"] == pytest.approx(stopped_reward(loop.objective, 0.3, rows[c]["macs"], None))
+    assert rows[c]["reward"] == pytest.approx(loop.objective.reward(0.3, rows[c]["macs"], None))
     assert sorted(a for _, _, a in store.rungs()) == [0.3, 0.8, 0.9]
     store.close()
 
@@ -235,8 +262,8 @@ def test_trainer_scores_each_rung_and_stops_or_ends_as_without_rungs():
     """The real trainer: a rung at 1/9 and 1/3 of the steps; told to go on it ends exactly
     as without rungs (scoring a rung changes no weight and no RNG); told to stop it ends
     'stopped' with the rung's accuracy."""
-    from nas import data as D
-    from nas.train import train
+    from nas.evaluate import data as D
+    from nas.evaluate.train import train
     from tests.test_train import TINY, budget
 
     digits = D.load("digits", resolution=8, seed=0)
@@ -256,7 +283,7 @@ def test_worker_rung_question_never_hangs(monkeypatch):
     skipped; no answer in RUNG_WAIT, or a parent gone, means continue."""
     import multiprocessing as mp
 
-    from nas import engine_local
+    from nas.engines import local as engine_local
 
     parent, child = mp.Pipe()
     ask = engine_local._ask_parent(child, "search-7")

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from nas.search import main
+from nas.cli.search import main
 from nas.store import Store
 
 FAST = ["--evaluator", "tests.fake_evaluators:ok", "--device", "cpu", "--no-tensorboard", "--reference", "none"]

@@ -9,7 +9,7 @@ import torch
 from controllers import (RLController, RandomSearch, RegularizedEvolution, SpaceExhausted,
                          make)
 from controllers.base import is_plain
-from nas.store import decode_state, encode_state
+from nas.store.codec import decode_state, encode_state
 from search_space import Decision
 
 SIZES = [3, 2, 3, 2, 3, 3, 2, 4]

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from nas import data as D
-from nas.budget import ProxyBudget
+from nas.evaluate import data as D
+from nas.evaluate.budget import ProxyBudget
 from nas.errors import UserError
 
 

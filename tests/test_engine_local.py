@@ -7,11 +7,14 @@ import pytest
 
 import controllers
 from controllers.base import Controller, Ledger
-from nas.budget import ProxyBudget
-from nas.engine import EvalContext, evaluate_job
-from nas.loop import BatchSource, LoopSettings, SearchLoop, cost_only_reward
-from nas.records import Objective
-from nas.engine_local import LocalEngine, device_slots, threads_per_worker
+from nas.evaluate.budget import ProxyBudget
+from nas.engines.evaluator import evaluate_job
+from nas.engines.protocol import EvalContext
+from nas.search.batch import BatchSource
+from nas.search.loop import SearchLoop
+from nas.search.objective import Objective
+from nas.search.settings import CostWindow, LoopSettings, StopRule
+from nas.engines.local import LocalEngine, device_slots, threads_per_worker
 from nas.store import Store
 from search_space import cost, zoo
 from search_space.space import SearchSpace
@@ -28,7 +31,7 @@ def _ctx(evaluator="tests.fake_evaluators:ok"):
 def _loop(path, trials=6, controller=None, window=(0.5, 1.0), reference=None):
     store = Store.open(path) if Store.is_run(path) else Store.create(path, {})
     ctrl = controller or controllers.make("random", SPACE.decisions, seed=3, key_fn=SPACE.key)
-    return SearchLoop(store, SPACE, ctrl, LoopSettings(target=T, trials=trials, cost_window=window),
+    return SearchLoop(store, SPACE, ctrl, LoopSettings(Objective(T), CostWindow(*window), StopRule(trials=trials)),
                       reference=reference)
 
 
@@ -129,7 +132,7 @@ def test_resume_with_more_trials_lifts_the_cap_on_proposals(tmp_path):
 
     def loop(cap):
         store = Store.open(tmp_path) if Store.is_run(tmp_path) else Store.create(tmp_path, {})
-        return SearchLoop(store, SPACE, Scripted(script), LoopSettings(target=T, trials=1, max_proposals=cap))
+        return SearchLoop(store, SPACE, Scripted(script), LoopSettings(Objective(T), stop=StopRule(trials=1, max_proposals=cap)))
     first = loop(2)
     LocalEngine(in_process=True).run(first, _ctx())
     assert first.done and first.stop_reason and first.store.count("search") == 0
@@ -139,6 +142,10 @@ def test_resume_with_more_trials_lifts_the_cap_on_proposals(tmp_path):
     LocalEngine(in_process=True).run(again, _ctx())
     assert again.store.count("search") == 1 and not again.stop_reason and again.done
     assert again.store.get_meta("stop_reason") == ""
+
+
+def cost_only_reward(macs: int, target: int, chance: float) -> float:
+    return Objective(target).cost_only_reward(macs, None, chance)
 
 
 def test_cost_only_reward_rises_toward_the_target():
@@ -204,7 +211,7 @@ class _DeadOnArrival(LocalEngine):
     def _spawn(self, index, ctx):
         import os
 
-        from nas.engine_local import _Worker
+        from nas.engines.local import _Worker
 
         self.spawns += 1
         if self.spawns not in self.dead:
@@ -227,7 +234,7 @@ def test_one_startup_death_after_many_replacements_is_not_fatal(tmp_path):
 
 
 def test_workers_that_keep_dying_at_startup_stop_the_run(tmp_path):
-    from nas.engine_local import EngineError
+    from nas.engines.local import EngineError
 
     src = BatchSource(Store.create(tmp_path, {}), [zoo.get("efficientnet-b0")], Objective(T))
     engine = _DeadOnArrival(["cpu"], dead=range(1, 100))

@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from nas import data as D
-from nas import final as F
-from nas.budget import ProxyBudget
-from nas.records import Objective
-from nas.search import main
+from nas.evaluate import data as D
+from nas.cli import final as FC
+from nas.final import plan as F
+from nas.final import report as R
+from nas.final import stats as S
+from nas.evaluate.budget import ProxyBudget
+from nas.search.objective import Objective
+from nas.cli.search import main
 from nas.store import Store
 from search_space import zoo
 from search_space.spec import ArchSpec
@@ -83,59 +86,59 @@ def test_b0_is_chosen_on_search_validation_whatever_the_test_scores_say():
     obj = Objective(400_000_000)
     val_best_a = [_rec("a", 300e6, 0.90, 0.50)] * 2 + [_rec("b", 300e6, 0.80, 0.99)] * 2 + \
                  [_rec("r", 380e6, 0.85, 0.85)] * 2
-    summary = F.summarize(cands, [1, 2], val_best_a, obj)
+    summary = S.summarize(cands, [1, 2], val_best_a, obj)
     assert summary["chosen"] == 0 and summary["verdict"]["b0"] == "a"
     flipped = [dict(r, test_accuracy=1.0 - r["test_accuracy"]) for r in val_best_a]
-    assert F.summarize(cands, [1, 2], flipped, obj)["chosen"] == 0      # test scores never move the choice
+    assert S.summarize(cands, [1, 2], flipped, obj)["chosen"] == 0      # test scores never move the choice
     with pytest.raises(AssertionError, match="must not see test"):
-        F.choose(cands, [val_best_a[:2], val_best_a[2:4], val_best_a[4:]], obj)
+        S.choose(cands, [val_best_a[:2], val_best_a[2:4], val_best_a[4:]], obj)
 
 
 def test_welch_verdict_on_known_inputs():
     a, b = [0.90, 0.91, 0.93], [0.80, 0.83, 0.81]
-    t = F.welch(a, b)
+    t = S.welch(a, b)
     ref = stats.ttest_ind(a, b, equal_var=False)
     assert t["diff"] == pytest.approx(np.mean(a) - np.mean(b)) and t["p"] == pytest.approx(ref.pvalue)
     se = np.sqrt(np.var(a, ddof=1) / 3 + np.var(b, ddof=1) / 3)
     assert t["high"] - t["diff"] == pytest.approx(stats.t.ppf(0.975, t["df"]) * se)
-    assert t["low"] > 0 and F.words(t) == "better" and F.words(F.welch(b, a)) == "worse"
-    close = F.welch([0.90, 0.92, 0.88], [0.91, 0.89, 0.90])
-    assert close["low"] < 0 < close["high"] and F.words(close) == "no significant difference"
-    assert F.welch([0.9, 0.9], [0.9, 0.9])["p"] == 1.0 and F.welch([0.9, 0.9], [0.8, 0.8])["p"] == 0.0
+    assert t["low"] > 0 and S.words(t) == "better" and S.words(S.welch(b, a)) == "worse"
+    close = S.welch([0.90, 0.92, 0.88], [0.91, 0.89, 0.90])
+    assert close["low"] < 0 < close["high"] and S.words(close) == "no significant difference"
+    assert S.welch([0.9, 0.9], [0.9, 0.9])["p"] == 1.0 and S.welch([0.9, 0.9], [0.8, 0.8])["p"] == 0.0
 
 
 def _welch_power(diff, sd, n, reps=4000):
     rng = np.random.default_rng(0)
     a = rng.normal(diff, sd, size=(reps, n))
     b = rng.normal(0.0, sd, size=(reps, n))
-    return float(np.mean(stats.ttest_ind(a, b, axis=1, equal_var=False).pvalue < F.ALPHA))
+    return float(np.mean(stats.ttest_ind(a, b, axis=1, equal_var=False).pvalue < S.ALPHA))
 
 
 def test_seeds_to_tell_is_where_welch_reaches_the_power():
     """The seeds the verdict names for an inconclusive result: at that count a simulated
     Welch test finds the gap about 80 % of the time, one seed fewer clearly less often."""
-    n = F.seeds_to_tell(0.02, 0.008, 0.008)
+    n = S.seeds_to_tell(0.02, 0.008, 0.008)
     assert n is not None and 3 < n < 10
     assert _welch_power(0.02, 0.008, n) >= 0.77 and _welch_power(0.02, 0.008, n - 1) < 0.8
-    assert F.seeds_to_tell(-0.02, 0.008, 0.008) == n  # the sign does not matter
-    assert F.seeds_to_tell(0.04, 0.008, 0.008) < n < F.seeds_to_tell(0.01, 0.008, 0.008)
-    assert F.seeds_to_tell(0.0, 0.01, 0.01) is None and F.seeds_to_tell(1e-6, 0.1, 0.1) is None  # beyond the cap
+    assert S.seeds_to_tell(-0.02, 0.008, 0.008) == n  # the sign does not matter
+    assert S.seeds_to_tell(0.04, 0.008, 0.008) < n < S.seeds_to_tell(0.01, 0.008, 0.008)
+    assert S.seeds_to_tell(0.0, 0.01, 0.01) is None and S.seeds_to_tell(1e-6, 0.1, 0.1) is None  # beyond the cap
     summary = {"seeds": [1, 2, 3], "candidates": [{"label": "b0"}, {"label": "ref"}],
-               "verdict": {**F.welch([0.93, 0.94, 0.95], [0.92, 0.93, 0.91]), "words": "no significant difference",
+               "verdict": {**S.welch([0.93, 0.94, 0.95], [0.92, 0.93, 0.91]), "words": "no significant difference",
                            "b0": "b0", "reference": "ref", "macs_ratio": 0.7, "seeds_to_tell": 6}}
-    assert "with 6 seeds each (python -m nas.final RUN --seeds 6)" in F.verdict_line(summary)
+    assert "with 6 seeds each (python -m nas.final RUN --seeds 6)" in R.verdict_line(summary)
     summary["verdict"]["words"] = "better"
-    assert "seeds each" not in F.verdict_line(summary)
+    assert "seeds each" not in R.verdict_line(summary)
 
 
 def test_seeds_are_fresh_and_parsed():
     assert F.fresh_seeds(0, 3) == [1, 2, 3] and 4 not in F.fresh_seeds(4, 3)
     assert F.fresh_seeds(4, 2, taken=[5]) == [6, 7]
-    assert F.parse_seeds("3", 0) == (3, None) and F.parse_seeds("4,5,6", 0) == (3, [4, 5, 6])
+    assert FC.parse_seeds("3", 0) == (3, None) and FC.parse_seeds("4,5,6", 0) == (3, [4, 5, 6])
     from nas.errors import UserError
     for bad in ("0,5", "x", "4,4", "0"):
         with pytest.raises(UserError):
-            F.parse_seeds(bad, 0)
+            FC.parse_seeds(bad, 0)
 
 
 # -- end to end ---------------------------------------------------------------------------------
@@ -169,7 +172,7 @@ def test_no_final_skips_stage2(tmp_path):
 
 
 KILLED_FINAL = ("import sys, tests.kill_hooks as k; k.install(after_write={n}); "
-                "from nas.final import main; sys.exit(main(sys.argv[1:]))")
+                "from nas.cli.final import main; sys.exit(main(sys.argv[1:]))")
 
 
 def test_stage2_resumes_after_sigkill_and_extends_with_other_seeds(tmp_path, capsys):
@@ -184,7 +187,7 @@ def test_stage2_resumes_after_sigkill_and_extends_with_other_seeds(tmp_path, cap
         pending = st.pending("final")
     assert 0 < len(before) < 12 and pending
     capsys.readouterr()
-    assert F.main([str(out), "--workers", "1", "--quiet", "--no-progress"]) == 0
+    assert FC.main([str(out), "--workers", "1", "--quiet", "--no-progress"]) == 0
     with Store.open(out) as st:
         after = {r["proposal_id"]: r for r in st.trials("final")}
         assert st.pending("final") == []
@@ -192,7 +195,7 @@ def test_stage2_resumes_after_sigkill_and_extends_with_other_seeds(tmp_path, cap
     assert "verdict on test (3 fresh seeds)" in capsys.readouterr().out
     # three other seeds: 12 more runs, the same words (the fake evaluator's gap is large)
     words_before = (out / "final.md").read_text().rsplit(": ", 2)[-1]
-    assert F.main([str(out), "--seeds", "7,8,9", "--quiet", "--no-progress"]) == 0
+    assert FC.main([str(out), "--seeds", "7,8,9", "--quiet", "--no-progress"]) == 0
     with Store.open(out) as st:
         assert len(st.trials("final")) == 24
     assert (out / "final.md").read_text().rsplit(": ", 2)[-1].split(",")[0] == words_before.split(",")[0]
@@ -207,6 +210,34 @@ def test_nas_final_bad_input_is_one_line(tmp_path, capsys):
                         ([str(tmp_path / "nope")], "not a search run"),
                         ([str(out), "--top-k", "0"], "--top-k")):
         capsys.readouterr()
-        assert F.main(argv) == 2, argv
+        assert FC.main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert words in err and "\n" not in err and "Traceback" not in err
+
+
+def test_stage2_stored_under_the_earlier_identity_rule_is_found_not_retrained(tmp_path, capsys):
+    """Runs made before the identity rule was shared with the proxy check keep their stage 2."""
+    import sqlite3
+
+    out = tmp_path / "run"
+    assert main(FAST + ["--target-flops", "400M", "--controller", "random", "--trials", "3", "--workers", "1",
+                        "--final-top-k", "1", "--final-seeds", "2", "--out", str(out)]) == 0
+    with Store.open(out) as st:
+        cfg = st.config
+        finals = st.trials("final")
+    assert len(finals) == 4
+    budget = F.final_budget(ProxyBudget(dataset=cfg["dataset"], resolution=cfg["proxy_resolution"],
+                                        target_resolution=cfg["target_resolution"], epochs=cfg["proxy_epochs"],
+                                        batch_size=cfg["batch_size"], seed=cfg["seed"], device="cpu",
+                                        time_limit=cfg["trial_timeout"]), cfg["final_epochs"])
+    con = sqlite3.connect(out / "search.db")
+    with con:  # as an earlier version stored them
+        for r in finals:
+            seed = r["extra"]["overrides"]["seed"]
+            con.execute("UPDATE trials SET proposal_id = ? WHERE id = ?",
+                        (F.legacy_id(r["key"], seed, budget, cfg["evaluator"]), r["id"]))
+    con.close()
+    capsys.readouterr()
+    assert FC.main([str(out), "--quiet", "--no-progress"]) == 0
+    with Store.open(out) as st:
+        assert sorted(r["id"] for r in st.trials("final")) == sorted(r["id"] for r in finals)

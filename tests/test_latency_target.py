@@ -9,12 +9,15 @@ import shutil
 import pytest
 import torch
 
-from nas import latency_cost as L
+from nas.search import latency as L
 from nas.errors import UserError
-from nas.loop import ControllerRecipe, LoopSettings, SearchLoop
-from nas.records import Objective, new_job, trial_record
-from nas.result import TrialResult
-from nas.search import main
+from nas.search.loop import SearchLoop
+from nas.search.recipe import ControllerRecipe
+from nas.search.settings import CostWindow, LoopSettings, StopRule
+from nas.search.objective import Objective
+from nas.search.records import new_job, trial_record
+from nas.evaluate.result import TrialResult
+from nas.cli.search import main
 from nas.store import Store
 from search_space import SearchSpace, zoo
 from search_space.latency import layer_configs
@@ -113,8 +116,9 @@ def test_cost_window_applies_to_each_target(tmp_path, table_file):
         spec = space.decode(list(probe.choices), num_classes=1000, resolution=RES)
         from search_space import cost
         macs, lat = cost.macs(spec, RES), predicted(table_file, spec)
-        settings = LoopSettings(target=int(macs / macs_ratio), trials=4, cost_window=(0.5, 1.0),
-                                target_resolution=RES, latency_ms=lat / latency_ratio, latency_table=str(table_file))
+        settings = LoopSettings(Objective(int(macs / macs_ratio), latency_ms=lat / latency_ratio,
+                                          latency_table=str(table_file)), CostWindow(0.5, 1.0), StopRule(trials=4),
+                                target_resolution=RES)
         return SearchLoop(store, space, ctl, settings), lat
 
     loop, lat = loop_for(1.0, 0.3)      # MACs on target, latency far below its window
@@ -122,7 +126,7 @@ def test_cost_window_applies_to_each_target(tmp_path, table_file):
     rec = store.trials("search", "cost-only")[0]
     assert "latency 0.30x target" in rec["message"] and "MACs" not in rec["message"]
     assert rec["latency_ms"] == pytest.approx(lat)
-    assert rec["reward"] == pytest.approx(loop.s.chance * 0.3 * 1.0)
+    assert rec["reward"] == pytest.approx(loop.s.window.chance * 0.3 * 1.0)
     store.close()
     store = Store.create(tmp_path / "run2", {})
     loop, lat = loop_for(1.3, 0.9)      # latency inside, MACs above
@@ -150,11 +154,11 @@ def test_the_record_carries_the_predicted_latency_and_the_reward_uses_it(table_f
 def test_a_handed_over_loop_predicts_with_the_same_table(tmp_path, table_file):
     """NNI's dispatcher rebuilds the loop from plain data: it predicts from the same table file,
     and the job a trial gets carries the latency as a number (a trial never opens a table)."""
-    from nas.engine import Job
-    from nas.loop import source_from_handover
+    from nas.engines.protocol import Job
+    from nas.search.handover import source_from_handover
     store = Store.create(tmp_path / "run", {})
-    settings = LoopSettings(target=None, trials=2, cost_window=(0.0, float("inf")), target_resolution=RES,
-                            latency_ms=100.0, latency_table=str(table_file))
+    settings = LoopSettings(Objective(None, latency_ms=100.0, latency_table=str(table_file)),
+                            CostWindow(0.0, float("inf")), StopRule(trials=2), target_resolution=RES)
     loop = SearchLoop(store, SearchSpace.default(), ControllerRecipe("random", seed=2), settings)
     L.forget_tables()
     there = source_from_handover(loop.handover(), store)

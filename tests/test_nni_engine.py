@@ -21,10 +21,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nas.budget import ProxyBudget
-from nas.engine import EvalContext
+from nas.evaluate.budget import ProxyBudget
+from nas.engines.protocol import EvalContext
 from nas.errors import UserError
-from nas.loop import ControllerRecipe, LoopSettings, SearchLoop
+from nas.search.loop import SearchLoop
+from nas.search.recipe import ControllerRecipe
+from nas.search.objective import Objective
+from nas.search.settings import CostWindow, LoopSettings, StopRule
 from nas.nni import config as engine_nni
 from nas.nni.engine import NniEngine, _stop, node_require
 from nas.nni.trial import run_trial
@@ -46,7 +49,7 @@ def _home(tmp_path, monkeypatch):
 def _loop(out: Path, trials: int, create: bool = True):
     space = SearchSpace.default()
     store = Store.create(out, {"test": "nni"}) if create else Store.open(out)
-    loop = SearchLoop(store, space, ControllerRecipe("random", seed=3), LoopSettings(target=TARGET, trials=trials, cost_window=(0.0, 1e9)))
+    loop = SearchLoop(store, space, ControllerRecipe("random", seed=3), LoopSettings(Objective(TARGET), CostWindow(0.0, 1e9), StopRule(trials=trials)))
     return space, store, loop
 
 
@@ -368,8 +371,8 @@ def test_config_checks_and_examples(tmp_path):
 def test_remote_trials_resolve_device_and_data_on_their_own_machines(tmp_path, capsys):
     """The launching machine may have no GPU and no copy of the data: with a remote service
     `--device cuda` and a workers' `--data-dir` pass through to the trials unchecked here."""
-    from nas import config as cfg
-    from nas.search import validate
+    from nas.cli import options as cfg
+    from nas.cli.setup import validate
     argv = ["--target-flops", "400M", "--engine", "nni", "--nni-config", str(ROOT / "examples" / "nni_remote.yaml"),
             "--nni-bind", "0.0.0.0", "--device", "cuda", "--dataset", "cifar10", "--data-dir", "/data/workers/cifar10",
             "--out", str(tmp_path / "run")]
@@ -454,7 +457,7 @@ def test_remote_training_service_over_ssh_on_loopback(tmp_path):
 
 
 def test_cli_engine_nni_hands_on_the_b0_it_recorded(tmp_path, capsys):
-    from nas.search import main
+    from nas.cli.search import main
     from search_space.spec import ArchSpec
 
     out = tmp_path / "cli"
@@ -476,8 +479,8 @@ def test_cli_engine_nni_hands_on_the_b0_it_recorded(tmp_path, capsys):
 def test_real_evaluator_reports_its_curve_while_training():
     """The NNI trial binds its intermediate reporter into `nas.trial.evaluate`'s per-epoch
     hook, so an assessor (Medianstop) sees accuracies before the trial ends."""
-    from nas import trial
-    from nas.engine import with_epoch_hook
+    from nas.evaluate import trial
+    from nas.engines.evaluator import with_epoch_hook
 
     seen = []
     fn, hooked = with_epoch_hook(trial.evaluate, lambda epoch, acc: seen.append(acc))
@@ -574,7 +577,7 @@ def test_tuner_refuses_a_session_file_that_is_not_our_json(tmp_path):
         ControllerTuner(session=str(session))
     good = _session(tmp_path, loop, "good.json")
     assert good.stat().st_mode & 0o077 == 0                               # owner only
-    assert ControllerTuner(session=str(good)).source.s.trials == 2
+    assert ControllerTuner(session=str(good)).source.s.stop.trials == 2
 
 
 class _FakeExperiment:

@@ -14,8 +14,9 @@ import pytest
 
 from controllers import PredictorController, RandomSearch, make
 from controllers.base import is_plain
-from nas.search import main
-from nas.store import Store, decode_state, encode_state
+from nas.cli.search import main
+from nas.store import Store
+from nas.store.codec import decode_state, encode_state
 
 SIZES = [3, 2, 3, 2, 3, 3, 2, 4, 3, 3, 2, 3]
 FAST = {"ensemble": 3, "hidden": 16, "epochs": 60, "n_random": 200, "n_mutations": 200, "initial_random": 6}

@@ -1,4 +1,4 @@
-"""The training-free prefilter (`--prefilter SCORE --prefilter-ratio N`, nas/prefilter.py):
+"""The training-free prefilter (`--prefilter SCORE --prefilter-ratio N`, nas/search/prefilter.py):
 1 in N trained, the others recorded `source: prefilter` with the documented reward, the
 winner the best-scored of its batch, SIGKILL + --resume at points inside a batch, a
 compute budget (`--max-epochs`), and bad options."""
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nas.search import main
+from nas.cli.search import main
 from nas.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,8 +59,8 @@ def test_trains_the_best_scored_one_in_n_and_records_the_others(uninterrupted):
         winner = int(re.search(r"proposal (\d+) of its batch was", r["message"]).group(1))
         batches.setdefault(winner, []).append(r)
         # the documented reward: the cost-only reward of an untrained architecture
-        from nas.loop import cost_only_reward
-        assert r["reward"] == pytest.approx(cost_only_reward(r["macs"], 400_000_000, 0.1))
+        from nas.search.objective import Objective
+        assert r["reward"] == pytest.approx(Objective(400_000_000).cost_only_reward(r["macs"], None, 0.1))
         assert r["extra"]["prefilter"]["score"] == pytest.approx(r["params"])  # the score is params here
     assert sorted(batches) == sorted(r["proposal_id"] for r in trained)
     for winner, losers in batches.items():

@@ -1,4 +1,4 @@
-"""The proxy check (`python -m nas.proxy check`) and the zero-cost scores (`nas.zero_cost`):
+"""The proxy check (`python -m nas.proxy check`) and the zero-cost scores (`nas.evaluate.zero_cost`):
 sampling from the cost window, the statistics on known inputs, deterministic scores,
 the budgets each kind of run trains with, resume, bad input, and one real `--quick` run.
 
@@ -11,10 +11,12 @@ import json
 import numpy as np
 import pytest
 
-from nas import proxy as P
-from nas import zero_cost as Z
-from nas.budget import ProxyBudget
-from nas.result import TrialResult
+from nas.cli import proxy as P
+from nas.proxy import sampling
+from nas.proxy import stats as S
+from nas.evaluate import zero_cost as Z
+from nas.evaluate.budget import ProxyBudget
+from nas.evaluate.result import TrialResult
 from nas.store import Store
 from search_space import cost, zoo
 from search_space.space import SearchSpace
@@ -36,16 +38,16 @@ def budget_probe(spec, budget):
 def test_sampled_architectures_lie_in_the_window_spread_over_macs_and_repeat_for_a_seed():
     space = SearchSpace.default()
     target, k = 400_000_000, 8
-    specs = P.sample_architectures(space, target, (0.5, 1.0), k=k, seed=3)
+    specs = sampling.sample_architectures(space, target, (0.5, 1.0), k=k, seed=3)
     macs = [cost.macs(s, 224) for s in specs]
     assert len(specs) == k and all(0.5 * target <= m <= target for m in macs)
     assert macs == sorted(macs) and len({s.key() for s in specs}) == k
     assert all(s.num_classes == 1000 and s.resolution == 224 for s in specs)
     gaps = np.diff([0.5 * target, *macs, target]) / (0.5 * target)
     assert gaps.max() < 0.35  # spread over the window, not clustered at one end
-    again = P.sample_architectures(space, target, (0.5, 1.0), k=k, seed=3)
+    again = sampling.sample_architectures(space, target, (0.5, 1.0), k=k, seed=3)
     assert [s.key() for s in again] == [s.key() for s in specs]
-    other = P.sample_architectures(space, target, (0.5, 1.0), k=k, seed=4)
+    other = sampling.sample_architectures(space, target, (0.5, 1.0), k=k, seed=4)
     assert [s.key() for s in other] != [s.key() for s in specs]
 
 
@@ -53,32 +55,32 @@ def test_sampling_picks_mid_quantiles_of_the_pool():
     """With a pool of exactly the in-window architectures found, the picks are those at
     ranks floor((i + 1/2) n / k) of the MAC-sorted pool."""
     space = SearchSpace.default()
-    pool = P.sample_architectures(space, 400_000_000, (0.5, 1.0), k=40, seed=5, pool=40)
-    picks = P.sample_architectures(space, 400_000_000, (0.5, 1.0), k=4, seed=5, pool=40)
+    pool = sampling.sample_architectures(space, 400_000_000, (0.5, 1.0), k=40, seed=5, pool=40)
+    picks = sampling.sample_architectures(space, 400_000_000, (0.5, 1.0), k=4, seed=5, pool=40)
     assert [s.key() for s in picks] == [pool[i].key() for i in (5, 15, 25, 35)]
 
 
 def test_sampling_an_empty_window_is_an_error():
     with pytest.raises(ValueError, match="cost window"):
-        P.sample_architectures(SearchSpace.default(), 20_000_000, (0.5, 1.0), k=4, max_draws=300)
+        sampling.sample_architectures(SearchSpace.default(), 20_000_000, (0.5, 1.0), k=4, max_draws=300)
 
 
 # -- statistics on known inputs -------------------------------------------------------------------
 def test_rank_correlations_and_their_intervals_on_known_inputs():
     x = [0.1, 0.4, 0.2, 0.9, 0.5, 0.7]
     same = [v * 2 + 1 for v in x]
-    assert P.kendall(x, same) == pytest.approx(1) and P.spearman(x, same) == pytest.approx(1)
+    assert S.kendall(x, same) == pytest.approx(1) and S.spearman(x, same) == pytest.approx(1)
     rev = [-v for v in x]
-    assert P.kendall(x, rev) == pytest.approx(-1) and P.spearman(x, rev) == pytest.approx(-1)
-    assert P.interval(P.bootstrap(x, same, "kendall", 300)) == pytest.approx((1, 1))
-    assert P.interval(P.bootstrap(x, rev, "spearman", 300)) == pytest.approx((-1, -1))
+    assert S.kendall(x, rev) == pytest.approx(-1) and S.spearman(x, rev) == pytest.approx(-1)
+    assert S.interval(S.bootstrap(x, same, "kendall", 300)) == pytest.approx((1, 1))
+    assert S.interval(S.bootstrap(x, rev, "spearman", 300)) == pytest.approx((-1, -1))
     rng = np.random.default_rng(0)
     a = rng.normal(size=20)
     b = a + rng.normal(scale=0.8, size=20)
-    tau = P.kendall(a, b)
-    lo, hi = P.interval(P.bootstrap(a, b, "kendall", 1000, seed=1))
+    tau = S.kendall(a, b)
+    lo, hi = S.interval(S.bootstrap(a, b, "kendall", 1000, seed=1))
     assert lo < tau < hi and 0 < lo and hi < 1
-    lo2, hi2 = P.interval(P.bootstrap(a, b, "kendall", 1000, seed=1), level=0.5)
+    lo2, hi2 = S.interval(S.bootstrap(a, b, "kendall", 1000, seed=1), level=0.5)
     assert lo < lo2 < hi2 < hi  # a lower level gives a narrower interval
 
 
@@ -88,39 +90,39 @@ def test_vectorized_resample_statistics_equal_scipy_with_ties():
     rng = np.random.default_rng(2)
     x = np.round(rng.normal(size=12), 1)   # ties in x
     y = np.round(x + rng.normal(size=12), 1)
-    idx = P.resamples(12, 50, seed=3)      # duplicates: ties in both
-    taus = P.bootstrap(x, y, "kendall", index=idx)
-    rhos = P.bootstrap(x, y, "spearman", index=idx)
+    idx = S.resamples(12, 50, seed=3)      # duplicates: ties in both
+    taus = S.bootstrap(x, y, "kendall", index=idx)
+    rhos = S.bootstrap(x, y, "spearman", index=idx)
     for t, r, i in zip(taus, rhos, idx):
         assert t == pytest.approx(stats.kendalltau(x[i], y[i]).statistic)
         assert r == pytest.approx(stats.spearmanr(x[i], y[i]).statistic)
     big = rng.normal(size=100)                  # 450 resamples of 100: computed in chunks of 200
-    idx = P.resamples(100, 450, seed=4)
-    taus = P.bootstrap(big, -big ** 2, "kendall", index=idx)
+    idx = S.resamples(100, 450, seed=4)
+    taus = S.bootstrap(big, -big ** 2, "kendall", index=idx)
     assert len(taus) == 450
     for i in (0, 199, 200, 449):
         assert taus[i] == pytest.approx(stats.kendalltau(big[idx[i]], -big[idx[i]] ** 2).statistic)
 
 
 def test_seed_noise_top_overlap_and_words_on_known_inputs():
-    noise = P.seed_noise([[0.5, 0.7], [0.8, 0.8], [0.3, None]])
+    noise = S.seed_noise([[0.5, 0.7], [0.8, 0.8], [0.3, None]])
     assert noise["within_sd"] == pytest.approx(0.1)               # sqrt(mean(0.02, 0))
     assert noise["between_sd"] == pytest.approx(np.std([0.6, 0.8, 0.3], ddof=1))
     assert noise["ratio"] == pytest.approx(0.1 / np.std([0.6, 0.8, 0.3], ddof=1))
     assert noise["architectures"] == 2
-    assert P.top_overlap([1, 2, 3, 4, 5, 6, 7], [7, 6, 5, 4, 3, 2, 1], k=3) == 0
-    assert P.top_overlap([1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 4, 7, 6, 5], k=3) == 3
-    assert P.top_overlap([1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 7, 4, 6, 5], k=3) == 2
-    assert P.interpret(0.62, 0.45, 0.75) == "ranks architectures usefully"
-    assert "weakly" in P.interpret(0.3, 0.1, 0.5)
-    assert "includes 0" in P.interpret(0.3, -0.1, 0.6)
-    assert "reverse" in P.interpret(-0.5, -0.8, -0.2)
+    assert S.top_overlap([1, 2, 3, 4, 5, 6, 7], [7, 6, 5, 4, 3, 2, 1], k=3) == 0
+    assert S.top_overlap([1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 4, 7, 6, 5], k=3) == 3
+    assert S.top_overlap([1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 7, 4, 6, 5], k=3) == 2
+    assert S.interpret(0.62, 0.45, 0.75) == "ranks architectures usefully"
+    assert "weakly" in S.interpret(0.3, 0.1, 0.5)
+    assert "includes 0" in S.interpret(0.3, -0.1, 0.6)
+    assert "reverse" in S.interpret(-0.5, -0.8, -0.2)
 
 
 # -- zero-cost scores ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def digits32():
-    from nas import data as D
+    from nas.evaluate import data as D
     return D.load(ProxyBudget(dataset="digits", resolution=32, seed=0))
 
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nas import lock
-from nas.search import main
+from nas.store import lock
+from nas.cli.search import main
 from nas.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--evaluator", "tests.fake_evaluators:ok", "--device", "cpu", "--no-tensorboard", "--no-scale",
         "--no-final", "--quiet", "--reference", "none", "--workers", "1"]
-HOLD = "import sys, time; from nas import lock; lock.acquire(sys.argv[1]); print('locked', flush=True); time.sleep(120)"
+HOLD = "import sys, time; from nas.store import lock; lock.acquire(sys.argv[1]); print('locked', flush=True); time.sleep(120)"
 
 
 def _one_line(capsys) -> str:
@@ -42,7 +42,7 @@ def test_a_second_process_on_the_same_run_stops_at_once_naming_the_owner(tmp_pat
         err = _one_line(capsys)
         assert f"in use by pid {holder.pid} on " in err
         assert (out / "search.db").read_bytes() == before           # nothing was trained or written
-        from nas.final import main as final
+        from nas.cli.final import main as final
         assert final([str(out)]) == 2 and f"pid {holder.pid}" in _one_line(capsys)
         from scaling.__main__ import main as scaling
         assert scaling(["grid", "efficientnet-b0", "--out", str(out), "--max-candidates", "1"]) == 2
@@ -87,7 +87,7 @@ def test_a_failing_store_write_is_one_line_and_the_run_resumes(tmp_path, capsys,
 
 
 def test_an_unwritable_output_file_is_one_line(tmp_path, capsys, monkeypatch):
-    from nas import report
+    from nas.reports import files as report
 
     def denied(rows, path):
         raise PermissionError(13, "Permission denied", str(path))
@@ -195,7 +195,7 @@ def test_sigkill_of_an_nni_launcher_leaves_no_nni_process_and_resume_trains_each
 
     from nas.nni.engine import NniEngine
 
-    # NNI itself sometimes fails to start or stalls (README, "Faults and what the search
+    # NNI itself sometimes fails to start or stalls (docs/faults.md, "Faults and what the search
     # does"); that is not what this test is about, so a launcher that dies before the kill
     # point gets one fresh try, and its log is in the message if the second one dies too.
     procs = []
@@ -277,8 +277,8 @@ class _Source:
 
 
 def _ctx_stub():
-    from nas.budget import ProxyBudget
-    from nas.engine import EvalContext
+    from nas.evaluate.budget import ProxyBudget
+    from nas.engines.protocol import EvalContext
     return EvalContext(ProxyBudget(), evaluator="nas.trial:hash_evaluate")
 
 

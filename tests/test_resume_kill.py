@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from nas.search import main
+from nas.cli.search import main
 from nas.store import Store
 
 TRIALS = 10

@@ -4,7 +4,8 @@ import math
 import pytest
 
 from nas.errors import UserError
-from nas.reward import PRESETS, parse_count, preset, reward
+from nas.cli.args import parse_count
+from nas.search.objective import PRESETS, preset, reward
 
 
 def test_reward_at_target_is_accuracy():

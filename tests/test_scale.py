@@ -11,12 +11,16 @@ import pytest
 import torch
 
 from controllers import make
-from nas.engine import EvalContext
-from nas.engine_local import LocalEngine
-from nas.budget import ProxyBudget
+from nas.engines.protocol import EvalContext
+from nas.engines.local import LocalEngine
+from nas.evaluate.budget import ProxyBudget
 from nas.errors import UserError
-from nas.loop import ControllerRecipe, LoopSettings, SearchLoop
-from nas.store import Checkpoint, Store, decode_state, encode_state
+from nas.search.loop import SearchLoop
+from nas.search.recipe import ControllerRecipe
+from nas.search.objective import Objective
+from nas.search.settings import CostWindow, LoopSettings, StopRule
+from nas.store import Checkpoint, Store
+from nas.store.codec import decode_state, encode_state
 from search_space.space import SearchSpace
 
 SPACE = SearchSpace.default()
@@ -82,7 +86,7 @@ def test_a_history_free_state_resumes_exactly_once_replayed(name):
 def _loop(out, name, trials, create):
     store = Store.create(out, {"t": 1}) if create else Store.open(out)
     loop = SearchLoop(store, SPACE, ControllerRecipe.for_run(name, 0, 200),
-                      LoopSettings(target=400_000_000, trials=trials, cost_window=(0.0, float("inf"))))
+                      LoopSettings(Objective(400_000_000), CostWindow(0.0, float("inf")), StopRule(trials=trials)))
     return store, loop
 
 
@@ -157,7 +161,7 @@ def test_an_older_store_gains_indexes_counts_and_keeps_its_checkpoint(tmp_path):
         assert (st.count("search"), st.count("search", ("cost-only",)), st.count("reference"), st.count_all()) == \
             (4, 2, 1, 7)
         loop = SearchLoop(st, SPACE, ControllerRecipe("evolution", 0, {"population_size": 8, "sample_size": 3}),
-                          LoopSettings(target=400_000_000, trials=5, cost_window=(0.0, float("inf"))))
+                          LoopSettings(Objective(400_000_000), CostWindow(0.0, float("inf")), StopRule(trials=5)))
         assert [p.choices for p in old.ask_batch(3)] == [loop.controller.ask().choices for _ in range(3)]
         st.add_trial({"kind": "search", "proposal_id": 50, "status": "ok", "source": "trained"})
         assert st.count("search") == 5 == st._conn.execute(
@@ -262,7 +266,7 @@ def test_rl_runs_its_tiny_ops_on_one_thread_flushing_denormals_and_restores_both
 
 
 def test_the_pareto_plot_of_many_trials_is_a_png_with_its_front(tmp_path):
-    from nas import report
+    from nas.reports import files as report
     rng = random.Random(0)
     rows = []
     for i in range(6000):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nas.result import TrialResult
-from nas.reward import reward
+from nas.evaluate.result import TrialResult
+from nas.search.objective import reward
 from scaling import __main__ as cli
 from search_space import cost, zoo
 from search_space.spec import ArchSpec
@@ -212,11 +212,11 @@ def test_grid_candidates_train_at_the_proxy_resolution_scaled_like_their_own(tmp
     """γ changes what is learned: a 280 px candidate trains at 32 * 280 / 224 = 40 px."""
     import dataclasses
 
-    from nas.budget import ProxyBudget
-    from nas.engine import EvalContext
-    from nas.engine_local import LocalEngine
-    from nas.grid import run_grid
-    from nas.records import Objective
+    from nas.evaluate.budget import ProxyBudget
+    from nas.engines.protocol import EvalContext
+    from nas.engines.local import LocalEngine
+    from nas.search.grid import run_grid
+    from nas.search.objective import Objective
     from nas.store import Store
 
     b0 = zoo.get("efficientnet-b0")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nas.search import main
+from nas.cli.search import main
 from nas.store import Store
 from search_space import cost
 from search_space.spec import ArchSpec
@@ -139,7 +139,8 @@ def test_help_lists_every_option_with_its_default():
 
 def test_phis_speak_the_scaling_grammar():
     """`nas.search --phis` and `scaling derive --phis` accept the same ranges (one parser)."""
-    from nas.config import UserError, parse_phis
+    from nas.cli.args import parse_phis
+    from nas.errors import UserError
     assert parse_phis("1-7") == [1, 2, 3, 4, 5, 6, 7]
     assert parse_phis("0.5-3") == [0.5, 1.5, 2.5]
     assert parse_phis("0-1:0.5,3") == [0, 0.5, 1, 3]
@@ -149,7 +150,7 @@ def test_phis_speak_the_scaling_grammar():
 
 def test_ctrl_c_after_the_trials_still_says_how_to_resume(tmp_path, capsys, monkeypatch):
     """Interrupted during the hand-off (outside the engine): the hint, then --resume finishes the family."""
-    import nas.search as search
+    import nas.cli.search as search
     out = tmp_path / "run"
 
     def interrupted_hand_off(*args, **kwargs):

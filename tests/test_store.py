@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from nas.errors import UserError
-from nas.store import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, Checkpoint, CheckpointFormatError, Store,
-                       decode_state, encode_state)
+from nas.store import Checkpoint, Store
+from nas.store.codec import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointFormatError, decode_state, encode_state
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import search_space.model as model_module
-from nas import data as D
-from nas import train as T
-from nas.budget import ProxyBudget
+from nas.evaluate import data as D
+from nas.evaluate import train as T
+from nas.evaluate.budget import ProxyBudget
 from nas.errors import UserError
 from search_space.spec import ArchSpec, BlockSpec
 

@@ -1,15 +1,16 @@
-"""`evaluate` trains with the classifier replaced for the proxy; the loop's `nas.records`
+"""`evaluate` trains with the classifier replaced for the proxy; the loop's `nas.search.records`
 counts cost at the target resolution with the spec's own classifier and computes the reward."""
 import dataclasses
 
 import pytest
 
 import search_space.model as model_module
-from nas import data as D
-from nas.budget import ProxyBudget
+from nas.evaluate import data as D
+from nas.evaluate.budget import ProxyBudget
 from nas.errors import UserError
-from nas.records import Objective, new_job, trial_record
-from nas.reward import reward
+from nas.search.objective import Objective
+from nas.search.records import new_job, trial_record
+from nas.search.objective import reward
 from nas.trial import evaluate
 from search_space import cost, zoo
 from search_space.spec import ArchSpec, BlockSpec
@@ -48,7 +49,7 @@ def test_failures_keep_cost_but_have_no_reward(digits):
 
 
 def test_an_ok_result_without_a_finite_accuracy_is_recorded_as_diverged():
-    from nas.result import TrialResult
+    from nas.evaluate.result import TrialResult
     job = new_job("grid", 0, zoo.get("efficientnet-b0"))
     for acc in (None, float("nan"), float("inf")):
         rec = trial_record(job, TrialResult(status="ok", accuracy=acc), Objective(400_000_000), told=False)
@@ -56,7 +57,7 @@ def test_an_ok_result_without_a_finite_accuracy_is_recorded_as_diverged():
 
 
 def test_bad_target_is_user_error():
-    from nas.reward import parse_count
+    from nas.cli.args import parse_count
     with pytest.raises(UserError, match="target '400X'"):
         parse_count("400X")
 

@@ -11,7 +11,7 @@ hands that to the tuner: NNI's dispatcher calls `assessor.trial_end` and then
 thread-local slot is the hand-off. The engine installs this assessor on every NNI run;
 with `medianstop=False` it never stops a trial.
 
-ASHA (`--early-stop asha`, nas.asha): a trial's rung reports carry `"rung"`; the
+ASHA (`--early-stop asha`, nas.search.asha): a trial's rung reports carry `"rung"`; the
 assessor asks the tuner's search loop (registered with `set_rung_decider`, same process)
 and answers Bad for a trial to stop, keeping (rung, accuracy) for `trial_end`, where the
 tuner records the trial as `stopped`. Rung reports are not points of Medianstop's curve.

@@ -1,6 +1,6 @@
 """The NNI engine's process control: run a job source as an NNI experiment.
 
-Why it is built this way (NNI 3.0 is unmaintained; see README.md, "Distributed search with NNI"):
+Why it is built this way (NNI 3.0 is unmaintained; see docs/nni.md):
 
 * The tuner is `nas.nni.tuner.ControllerTuner`, run by NNI's dispatcher on this
   machine; it rebuilds the job source from a plain-data session file and writes every
@@ -36,8 +36,8 @@ from typing import Any
 
 from search_space.fileio import write_atomic
 
-from ..engine import EngineError, sigterm_as_interrupt
-from ..errors import UserError
+from ..engines.protocol import sigterm_as_interrupt
+from ..errors import EngineError, UserError
 from . import config as nc
 
 TERMINAL = {"SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED"}
@@ -63,7 +63,7 @@ class StartFailed(RuntimeError):
 
 
 class NniEngine:
-    """`nas.engine.Engine` on NNI: `run(source, ctx)` runs the JobSource as an experiment.
+    """`nas.engines.protocol.Engine` on NNI: `run(source, ctx)` runs the JobSource as an experiment.
 
     `nni_config` is the path of the user's YAML or its loaded dict (`load_nni_config`);
     every option is checked here, so an engine built during set-up is known to be valid.

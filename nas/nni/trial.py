@@ -1,16 +1,16 @@
 """The trial command of the NNI engine: `python -m nas.nni.trial`.
 
 NNI runs this module once per trial, on whichever machine its training service picks.
-Why it is shaped this way (see README.md, "Distributed search with NNI"):
+Why it is shaped this way (see docs/nni.md):
 
 * `nni.get_next_parameter()` is called FIRST: a trial that dies before reading its
   parameters stalls NNI's dispatcher, so nothing of ours is even imported before it.
 * Everything after it is wrapped: any failure becomes a *result* (status `failed`),
   never a crash.
-* The parameters carry the whole job (`nas.engine.Job`: kind, proposal id, choices,
+* The parameters carry the whole job (`nas.engines.protocol.Job`: kind, proposal id, choices,
   canonical key, spec, MACs) and the `EvalContext` (budget, evaluator), so the trial
   needs no shared file system (remote and Kubernetes workers work the same); it trains
-  with `nas.engine.evaluate_job`, as the local engine does. It computes no reward: the
+  with `nas.engines.evaluator.evaluate_job`, as the local engine does. It computes no reward: the
   tuner records the result through the loop, which does.
 * The final-result dict repeats what this trial actually trained (proposal id, choices,
   key, spec): NNI can pair parameters and results of different trials, so the engine
@@ -47,8 +47,9 @@ def run_trial(params: Any, report_intermediate: Callable[[Any], None]) -> dict:
     try:
         if not job_d:
             raise ValueError(f"no job in the trial parameters: {params!r:.200}")
-        from nas.engine import EvalContext, Job, evaluate_job, load_evaluator, with_epoch_hook
-        from nas.result import finite
+        from nas.engines.evaluator import evaluate_job, load_evaluator, with_epoch_hook
+        from nas.engines.protocol import EvalContext, Job
+        from nas.evaluate.result import finite
         from search_space.spec import ArchSpec
 
         job = Job.from_dict(job_d)

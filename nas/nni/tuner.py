@@ -5,7 +5,7 @@ NNI's dispatcher process (started by NNI's manager on the machine that runs
 `nas.nni.engine`, is plain JSON (validated; nothing in it is executed): the job
 source's `handover()` (a `SearchLoop`: space YAML, controller recipe, settings; or a
 `BatchSource`), the evaluation context and the run folder. The tuner opens the run's
-SQLite store under `--out`, rebuilds the source on it (`nas.loop.source_from_handover`;
+SQLite store under `--out`, rebuilds the source on it (`nas.search.handover.source_from_handover`;
 the controller state comes from the store's checkpoint) and drives it exactly as the
 local engine does, so *what* is searched (ask, cost window, cache, reward, tell,
 records, checkpoints) is the same code:
@@ -33,12 +33,12 @@ from typing import Any
 import nni
 from nni.tuner import Tuner
 
-from nas.loop import source_from_handover
+from nas.evaluate.result import TrialResult, stopped_result
 from nas.nni.assessor import set_rung_decider, take_ended_identity, take_ended_stop
 from nas.nni.engine import read_session
 from nas.nni.trial import RESULT_FIELDS
-from nas.result import TrialResult
-from nas.store import Store
+from nas.search.handover import source_from_handover
+from nas.store.store import Store
 
 _log = logging.getLogger("nas.nni.tuner")
 
@@ -60,11 +60,10 @@ class ControllerTuner(Tuner):
         set_rung_decider(self.rung)  # ASHA's decisions, asked by nas.nni.assessor
 
     def rung(self, ident: Any, rung: int, accuracy: float) -> bool:
-        """ASHA (nas.asha): whether the trial holding job `ident` goes on after `rung`."""
+        """ASHA (nas.search.asha): whether the trial holding job `ident` goes on after `rung`."""
         with self.lock:
             job = self.inflight.get((ident[0], ident[1])) if ident[2] == self.token else None
-            decide = getattr(self.source, "rung", None)
-            return True if job is None or decide is None else bool(decide(job, rung, accuracy))
+            return True if job is None else bool(self.source.rung(job, rung, accuracy))
 
     @property
     def source(self) -> Any:
@@ -141,10 +140,9 @@ class ControllerTuner(Tuner):
                 return
             ident = (reported[0], reported[1])
             job = self.inflight.get(ident)
-            if job is not None and stop is not None and getattr(self.source, "asha", None) is not None:
-                from nas.asha import stopped_result
-                rung, acc = stop
-                self._complete(job, stopped_result(rung, self.source.asha.fractions[rung], acc), {})
+            if job is not None and stop is not None and job.rungs and 0 <= stop[0] < len(job.rungs):
+                rung, acc = stop  # ASHA stopped it at a rung the job carries
+                self._complete(job, stopped_result(rung, job.rungs[rung], acc), {})
             elif job is not None:
                 self._complete(job, TrialResult(status="failed", message="trial ended without a result "
                                                 "(early-stopped by the assessor, cancelled or killed)"), {})

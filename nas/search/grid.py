@@ -1,0 +1,55 @@
+"""The α/β/γ grid search run on an engine, resumable through a store.
+
+One runner for `nas.search --scale-grid` and `python -m scaling grid`: the candidates
+(`scaling.grid`) train as a `BatchSource` of one kind in the run's store, so a killed
+grid resumes where it stopped, on whichever engine the caller built.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, Callable, Sequence
+
+from nas.engines.protocol import EvalContext
+
+from .batch import BatchSource
+from .objective import Objective
+
+
+def grid_kind(b0: Any, ctx: EvalContext, objective: Objective, candidates: Sequence[tuple]) -> str:
+    """A record kind naming this grid exactly (baseline, budget, evaluator, reward, points):
+    grids that differ in any of them never reuse each other's records in one store."""
+    ident = [b0.key(), b0.resolution, ctx.budget.to_dict(), ctx.evaluator, dataclasses.asdict(objective),
+             [list(c) for c in candidates]]
+    return "grid:" + hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_grid(store: Any, b0: Any, candidates: Sequence[tuple], engine: Any, ctx: EvalContext,
+             objective: Objective, kind: str = "grid",
+             listeners: Callable[[int, int], list] | None = None) -> Any:
+    """`scaling.grid.grid_search` of `b0` over `candidates`, trained on `engine`.
+
+    Each candidate trains at the proxy resolution scaled by its γ and is costed at its
+    own resolution (`ProxyBudget.at_resolution`). `listeners(n_specs, n_stored)`, when
+    given, returns the record listeners for the batch (progress); those with a
+    `close()` are closed when the batch ends.
+    """
+    from scaling.grid import grid_search
+
+    ctx = dataclasses.replace(ctx, per_spec_resolution=True)
+
+    def evaluate(specs: list) -> list:
+        stored = sum(1 for i in range(len(specs)) if store.trial(kind, i) is not None)
+        extra = listeners(len(specs), stored) if listeners else []
+        source = BatchSource(store, specs, objective, kind=kind, listeners=extra)
+        try:
+            engine.run(source, ctx)
+        finally:
+            for listener in extra:
+                close = getattr(listener, "close", None)
+                if callable(close):
+                    close()
+        return source.results()
+
+    return grid_search(b0, evaluate, candidates)
