@@ -1,12 +1,15 @@
-"""`python -m scaling`: derive a family from a baseline, or run the α/β/γ grid search.
+"""`python -m scaling`: derive a family from a baseline, run the α/β/γ grid search, or
+verify compound scaling against single dimensions on a search run's family.
 
     python -m scaling derive efficientnet-b0 --coefficients published --out runs/family
     python -m scaling derive runs/search/best.yaml --alpha 1.2 --beta 1.1 --gamma 1.15 --phis 1-7 --json
     python -m scaling grid efficientnet-b0 --step 0.1 --proxy-epochs 1 --out runs/grid
+    python -m scaling verify runs/search --phi 1,2 --seeds 3
 
-`grid` needs the training code: it imports `nas` lazily inside `run_grid`, at this
-composition root only (a deliberate boundary crossing; `scaling.compound`/`grid` stay
-free of training code). Bad input: one line `scaling: error: ...`, exit status 2.
+`grid` and `verify` need the training code: `grid` imports `nas` lazily inside `run_grid`,
+`verify` hands its parsed options to `nas.cli.verify` (a deliberate boundary crossing, at
+this composition root only; `scaling.compound`/`grid`/`verify` stay free of training
+code). Bad input: one line `scaling: error: ...`, exit status 2.
 """
 from __future__ import annotations
 
@@ -22,8 +25,11 @@ from search_space.spec import ArchSpec
 from .compound import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, check_coefficients, parse_phis
 from .errors import ScalingError
 from .family import FAMILY_COLUMNS, derive_to_dir, family_markdown, family_members
+from .grid import DEFAULT_SEEDS as DEFAULT_GRID_SEEDS
 from .grid import GridResult, grid_candidates, grid_markdown, save_grid_table
 from .tables import write_atomic
+from .verify import DEFAULT_PHIS as DEFAULT_VERIFY_PHIS
+from .verify import DEFAULT_SEEDS as DEFAULT_VERIFY_SEEDS
 
 PROG = "scaling"
 
@@ -60,7 +66,8 @@ def _range(text: str) -> tuple[float, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Compound scaling (EfficientNet): derive B1..B7 or grid-search α, β, γ.")
+    p = _Parser(prog=PROG, description="Compound scaling (EfficientNet): derive B1..B7, grid-search α, β, γ, or verify "
+                "compound against single-dimension scaling.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     d = sub.add_parser("derive", help="scale a baseline into a family")
@@ -94,13 +101,45 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default="mnist5k", help="proxy dataset (default mnist5k, built in)")
     g.add_argument("--data-dir", default=None)
     g.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="the first training seed (default 0)")
+    g.add_argument("--seeds", type=int, default=DEFAULT_GRID_SEEDS,
+                   help=f"runs per candidate, on seeds --seed, --seed + 1, ... (default {DEFAULT_GRID_SEEDS}); "
+                        f"a candidate other than the paper's (1.2, 1.1, 1.15) is adopted only when it beats "
+                        f"it with Welch p < 0.05")
     g.add_argument("--workers", type=int, default=1,
                    help="parallel trials in worker processes (default 1: one after another, in this process)")
     g.add_argument("--target-flops", default=None,
                    help="reward target in multiply-adds (default: twice the baseline's at its resolution)")
     g.add_argument("--json", action="store_true", help="print one JSON object (rows and best) instead of the table")
+
+    v = sub.add_parser("verify", help="train compound against width-, depth- and resolution-only scaling at "
+                                      "matched multiply-adds (a search run's family)")
+    v.add_argument("run", metavar="RUN", help="a search run folder (--out of nas.search) with its family/")
+    v.add_argument("--phi", default=DEFAULT_VERIFY_PHIS,
+                   help=f"which members: 1,2 or 1-3, among the family's (default {DEFAULT_VERIFY_PHIS})")
+    v.add_argument("--seeds", help=f"fresh seeds per network: a count or a list such as 4,5,6, never the "
+                                   f"search seed (default {DEFAULT_VERIFY_SEEDS})")
+    v.add_argument("--final-epochs", type=_nas_type("number", "--final-epochs", 0, strict=True),
+                   help="epochs of the final budget (default: the run's)")
+    v.add_argument("--final-resolution", type=_nas_type("int_at_least", "--final-resolution", 8),
+                   help="B0's image size in the final budget; the others scale from it (default: the run's)")
+    v.add_argument("--workers", type=_nas_type("int_at_least", "--workers", 0),
+                   help="trials at once (default: the run's)")
+    v.add_argument("--device", choices=("cpu", "cuda", "auto"), help="training device (default: the run's)")
+    v.add_argument("--engine", choices=("local", "nni"), help="where the runs train (default: the run's)")
+    v.add_argument("--trial-timeout", type=_nas_type("number", "--trial-timeout", 0, strict=True),
+                   metavar="SECONDS", help="a run longer than this is recorded as 'timeout' (default: the run's)")
+    v.add_argument("--no-progress", action="store_true")
+    v.add_argument("--quiet", action="store_true", help="print only the table and the verdicts")
     return p
+
+
+def _nas_type(name: str, *args, **kwargs) -> Callable[[str], object]:
+    """An argument type of `nas.cli.args`, imported only when `verify` parses (the library stays free of nas)."""
+    def parse(text: str) -> object:
+        from nas.cli import args as nas_args
+        return getattr(nas_args, name)(*args, **kwargs)(text)
+    return parse
 
 
 # -- derive ---------------------------------------------------------------------------
@@ -144,7 +183,8 @@ STORE_CONFIG = {"kind": "scaling-grid"}
 def run_grid(b0: ArchSpec, out_dir: str | Path, budget, target: int | None = None, step: float = 0.05,
              tol: float = 0.1, alpha_range=(1.0, 2.0), beta_range=(1.0, 1.5), gamma_range=(1.0, 1.5),
              workers: int = 1, max_candidates: int | None = None, evaluator: str = DEFAULT_EVALUATOR,
-             log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> GridResult:
+             log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+             seeds: int = DEFAULT_GRID_SEEDS) -> GridResult:
     """The grid search on the local engine (`nas.search.grid.run_grid`), resumable through
     `out_dir/search.db`.
 
@@ -172,6 +212,8 @@ def run_grid(b0: ArchSpec, out_dir: str | Path, budget, target: int | None = Non
         candidates = candidates[:max_candidates]
     if workers < 1:
         raise ScalingError(f"--workers must be >= 1, got {workers}")
+    if seeds < 1:
+        raise ScalingError(f"--seeds must be >= 1, got {seeds}")
     if target is None:
         target = 2 * cost.macs(b0, b0.resolution)
     budget = dataclasses.replace(budget, target_resolution=b0.resolution)
@@ -194,7 +236,7 @@ def run_grid(b0: ArchSpec, out_dir: str | Path, budget, target: int | None = Non
 
     def listeners(n: int, stored: int) -> list:
         if stored:
-            log(f"resuming: {stored} of {n} candidates already in {store.path}")
+            log(f"resuming: {stored} of {n} runs (candidates × seeds) already in {store.path}")
         done = [stored]
 
         def line(rec: dict) -> None:
@@ -210,12 +252,14 @@ def run_grid(b0: ArchSpec, out_dir: str | Path, budget, target: int | None = Non
             if store.config != STORE_CONFIG:
                 raise ScalingError(f"--out {out}: holds a search run, not a grid; use another --out")
             store.requeue_pending()
-        result = run_on_store(store, b0, candidates, engine, ctx, objective, kind=kind, listeners=listeners)
-    save_grid_table(result.rows, out)
+        result = run_on_store(store, b0, candidates, engine, ctx, objective, kind=kind, listeners=listeners,
+                              seeds=[budget.seed + i for i in range(seeds)])
+    save_grid_table(result.rows, out, decision=result.decision)
     best = None
     if result.best is not None:
         best = {k: v for k, v in result.best.items() if k != "spec"}
         best["spec"] = result.best["spec"].to_dict()
+        best["decision"] = result.decision
     write_atomic(out / "best.json", json.dumps(best, indent=2) + "\n")
     return result
 
@@ -251,24 +295,28 @@ def cmd_grid(args) -> int:
                          target_resolution=b0.resolution, epochs=args.proxy_epochs, steps=args.proxy_steps,
                          batch_size=args.batch_size, device=args.device, seed=args.seed)
     result = run_grid(b0, args.out, budget, target, args.step, args.tol, args.alpha_range, args.beta_range,
-                      args.gamma_range, args.workers, args.max_candidates)
+                      args.gamma_range, args.workers, args.max_candidates, seeds=args.seeds)
     rows = [{k: v for k, v in r.items() if k != "spec"} for r in result.rows]
     best = None if result.best is None else {k: v for k, v in result.best.items() if k != "spec"}
     if args.json:
-        print(json.dumps({"rows": rows, "best": best}))
+        print(json.dumps({"rows": rows, "best": best, "decision": result.decision}))
     else:
-        print(grid_markdown(rows), end="")
+        print(grid_markdown(rows, result.decision), end="")
         if best is None:
             print(f"no candidate trained successfully; see {Path(args.out) / 'grid.csv'}")
         else:
-            print(f"best: alpha={best['alpha']:g} beta={best['beta']:g} gamma={best['gamma']:g} "
-                  f"accuracy={best['accuracy']:.4f} (tables in {args.out})")
-    return 0 if best is not None else 1
+            acc = "" if best["accuracy"] is None else f" mean accuracy={best['accuracy']:.4f}"
+            print(f"adopted: alpha={best['alpha']:g} beta={best['beta']:g} gamma={best['gamma']:g}{acc} "
+                  f"(tables in {args.out})")
+    return 0 if result.decision and result.decision.get("adopted") else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "verify":  # the composition lives in nas (store, engines, budgets)
+            from nas.cli.verify import run_args
+            return run_args(args)
         return cmd_derive(args) if args.command == "derive" else cmd_grid(args)
     except (ScalingError, SpecError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -8,6 +8,11 @@ Bad input is one line `describe: error: ...` and exit status 2.
 
 `python -m search_space latency build|measure|predict ...`: measured inference latency
 and the per-layer latency table (`search_space.latency`, `search_space.latency_table`).
+
+`python -m search_space export SPEC [--weights W] --onnx FILE [--resolution R] [--opset N]`:
+the network (random init, or trained weights from a safetensors file of
+`search_space.weights`) as ONNX with a dynamic batch, checked against PyTorch with
+onnxruntime (`search_space.export`); exit status 1 when the check fails.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from . import cost, zoo
 from .errors import SpecError
 from .spec import ArchSpec
 
-COMMANDS = ("describe", "latency")
+COMMANDS = ("describe", "latency", "export")
 DEFAULT_TABLE = "latency_table.json"
 
 
@@ -123,6 +128,21 @@ def _parser() -> _Parser:
     pr.add_argument("--breakdown", action="store_true", help="list every part with its time")
     pr.add_argument("--json", action="store_true", help="print one JSON object")
     _timing_options(pr, " per configuration")
+
+    e = sub.add_parser("export", prog="python -m search_space export",
+                       help="the network as ONNX (dynamic batch), checked against PyTorch with onnxruntime",
+                       description="Export a network, with trained weights or randomly initialised, to ONNX "
+                                   "with a dynamic batch dimension, then run it with onnxruntime against PyTorch "
+                                   "(exit status 1 when the max abs difference is 1e-4 or more). "
+                                   "Needs: pip install 'effnas[export]'.")
+    e.add_argument("spec", metavar="SPEC",
+                   help=f"zoo name ({', '.join(zoo.names())}) or a spec YAML/JSON file (a run's best.yaml, family/b3.yaml)")
+    e.add_argument("--weights", metavar="W",
+                   help="trained weights (.safetensors, written by stage 2); their num_classes is used "
+                        "(default: the builder's random init)")
+    e.add_argument("--onnx", required=True, metavar="FILE", help="the ONNX file to write")
+    e.add_argument("--resolution", type=_resolution, metavar="R", help="input resolution (default: the spec's own)")
+    e.add_argument("--opset", type=_count, metavar="N", help="ONNX opset (default: search_space.export.OPSET)")
     return parser
 
 
@@ -321,14 +341,52 @@ def _latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from . import export
+    export.require()  # before any work: a missing package is one line
+    out = Path(args.onnx)
+    export.check_writable(out)
+    spec = load_spec(args.spec)
+    trained = ""
+    if args.weights is not None:
+        from . import weights
+        model = weights.load_model(args.spec, args.weights)
+        res_trained = weights.read_spec(args.weights).resolution
+        trained = f" (trained at {res_trained}x{res_trained})"
+    else:
+        import torch
+
+        from .model import build
+        torch.manual_seed(0)
+        model = build(spec).eval()
+    spec = model.spec  # num_classes from the weights
+    res = spec.resolution if args.resolution is None else args.resolution
+    opset = export.OPSET if args.opset is None else args.opset
+    export.export_onnx(model, res, out, opset=opset)
+    try:
+        diff, scale = export.compare(model, out, res, batches=(1, 3))
+    except BaseException:
+        out.unlink(missing_ok=True)  # an export that cannot be checked is not left behind
+        raise
+    limit = export.tolerance(scale)
+    origin = f"weights {args.weights}{trained}" if args.weights is not None else "random init (no --weights)"
+    verdict = "" if diff < limit else "; NOT below the tolerance: the export does not match PyTorch"
+    print(f"{out}: opset {opset}, input '{export.INPUT}' float32 [batch, 3, {res}, {res}] (batch dynamic), "
+          f"output '{export.OUTPUT}' [batch, {spec.num_classes}], {origin}; max abs difference to PyTorch "
+          f"{diff:.1e} on batches of 1 and 3, outputs up to {scale:.2g} (tolerance {limit:.1e}){verdict}")
+    return 0 if diff < limit else 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (0, or 2 for bad input)."""
+    """Entry point; returns the exit status (0, 2 for bad input, 1 for an export that fails its check)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv.insert(0, "describe")  # `effnas-describe SPEC` is `describe SPEC`
     command = argv[0] if argv and argv[0] in COMMANDS else "search_space"
     try:
         args = _parser().parse_args(argv)
+        if args.command == "export":
+            return _export(args)
         return _latency(args) if args.command == "latency" else _describe(args)
     except (UsageError, SpecError) as exc:
         message = " ".join(str(exc).split())

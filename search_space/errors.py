@@ -17,3 +17,11 @@ def read_text_file(path: str | Path, what: str = "the file") -> str:
         raise SpecError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not a text file (not UTF-8)") from None
+
+
+class WeightsError(SpecError):
+    """A weights file that cannot be read, or not into the network asked for; one line naming the file."""
+
+
+class ExportError(SpecError):
+    """An ONNX export that cannot be done: a missing package, an unwritable output, an opset out of range."""

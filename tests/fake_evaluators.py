@@ -42,6 +42,15 @@ def ok(spec, budget):
                        test_accuracy=test)
 
 
+def no_gap(spec, budget):
+    """`ok` on search-validation (so stage 2 chooses a B0), but every network has the same
+    test accuracy up to a seed jitter of ±0.01: stage 2 sees no true difference."""
+    result = ok(spec, budget)
+    if result.test_accuracy is not None:
+        result.test_accuracy = 0.89 + 0.02 * (key_hash(f"{spec.key()}/{budget.seed}") % 1000) / 1000
+    return result
+
+
 def noop(spec, budget):
     """Does no work at all (engine overhead)."""
     return TrialResult(status="ok", accuracy=0.5)
@@ -111,3 +120,19 @@ def curve(spec, budget, rungs=None, on_rung=None):
     if getattr(budget, "test", False):  # stage 2: as `ok`, a seed-dependent jitter of at most ±0.01
         test = acc - 0.01 + 0.02 * (key_hash(f"{key}/{budget.seed}") % 1000) / 1000
     return TrialResult(status="ok", accuracy=acc, epoch_accuracies=[acc], wall_time=delay, test_accuracy=test)
+
+
+def scaled(spec, budget):
+    """Accuracy that rewards balanced scaling: concave in each of width (head channels over
+    1280), depth (layers over 16) and image size (over 32 px), so at equal cost the compound
+    mix beats any single dimension; plus a seed jitter of at most ±0.002 on both parts. For
+    `python -m scaling verify` and the grid's rule (the scaling tests)."""
+    import math
+
+    def gain(ratio: float) -> float:
+        return math.sqrt(max(0.0, math.log(ratio)))
+
+    acc = 0.5 + 0.1 * (gain(spec.head_channels / 1280) + gain(spec.num_layers / 16) + gain(budget.resolution / 32))
+    jitter = 0.004 * (key_hash(f"{spec.key()}/{budget.seed}") % 1000) / 1000 - 0.002
+    test = acc + jitter if getattr(budget, "test", False) else None
+    return TrialResult(status="ok", accuracy=acc - jitter / 2, test_accuracy=test)

@@ -328,3 +328,33 @@ def test_a_real_search_fills_the_table_lazily_each_part_once(tmp_path, capsys):
     for r in rows:
         assert r["latency_ms"] == pytest.approx(table.predict_ms(ArchSpec.from_dict(r["spec"]), 32))
     shutil.rmtree(out)
+
+
+def test_family_md_gives_each_members_latency(tmp_path, table_file, capsys):
+    """Issue 25: where a latency table exists, family.md shows each member's predicted latency
+    (at its own resolution), and with --measure-family-latency its measured one; a member whose
+    parts a table of another device lacks shows none (nothing can be timed for it here)."""
+    fast = [a for a in FAST if a != "--no-scale"] + ["--no-final", "--trials", "3", "--cost-window", "0,1",
+                                                      "--phis", "1"]
+    phone = edited(table_file, tmp_path, device="ARM Cortex-A76 (phone)", torch="2.1.0")
+    here = shutil.copy(table_file, tmp_path / "here.json")   # this run extends it with b1's parts
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "--target-latency", "1s", "--latency-table", str(here),
+                       "--measure-family-latency", "--out", str(out), *fast)
+    assert code == 0, err
+    rows = list(csv.DictReader((out / "family" / "family.csv").open()))
+    assert [r["name"] for r in rows] == ["b0", "b1"] and int(rows[1]["resolution"]) > RES
+    from search_space.spec import ArchSpec
+    b0 = ArchSpec.load(out / "family" / "b0.yaml")
+    assert float(rows[0]["latency_ms"]) == pytest.approx(predicted(table_file, b0), rel=1e-3)
+    assert all(float(r["latency_ms"]) > 0 and float(r["measured_ms"]) > 0 for r in rows)
+    md = (out / "family" / "family.md").read_text()
+    assert "predicted latency (ms)" in md and "measured latency (ms)" in md and "batch 1, 1 thread(s)" in md
+
+    out = tmp_path / "phone"
+    code, _, err = run(capsys, "--target-latency", "1s", "--latency-device", "table", "--latency-table", str(phone),
+                       "--measure-family-latency", "--out", str(out), *fast)
+    assert code == 0, err
+    rows = list(csv.DictReader((out / "family" / "family.csv").open()))
+    assert float(rows[0]["latency_ms"]) > 0 and rows[1]["latency_ms"] == ""   # b1's parts are not in the table
+    assert "measured_ms" not in rows[0]                                      # the target is the phone

@@ -240,7 +240,7 @@ def _fake_results(specs, base_res=224):
     return out
 
 
-def test_grid_search_picks_best_accuracy_and_evaluates_each_network_once(b0):
+def test_grid_search_ranks_by_accuracy_and_evaluates_each_network_once(b0):
     cands = grid.grid_candidates(step=0.1, tol=0.15)
     calls = []
 
@@ -251,15 +251,18 @@ def test_grid_search_picks_best_accuracy_and_evaluates_each_network_once(b0):
     result = grid.grid_search(b0, evaluate, cands)
     assert len(calls) == 1
     keys = [(s.key(), s.resolution) for s in calls[0]]
-    assert len(keys) == len(set(keys)) <= len(cands)
-    assert len(result.rows) == len(cands)
-    expected = max(result.rows, key=lambda r: (r["accuracy"], -abs(r["constraint"] - 2), -r["macs"]))
-    assert result.best is expected
-    assert result.best["accuracy"] == max(r["accuracy"] for r in result.rows)
+    assert len(keys) == len(set(keys)) <= len(cands) + 1
+    assert len(result.rows) == len(cands) + 1                 # the paper's point is always added
+    assert (result.rows[-1]["alpha"], result.rows[-1]["beta"], result.rows[-1]["gamma"]) == grid.PAPER
+    top = max(result.rows, key=lambda r: (r["accuracy"], -abs(r["constraint"] - 2), -r["macs"]))
+    assert top["role"] == "best mean, not adopted" and top["accuracy"] == max(r["accuracy"] for r in result.rows)
+    # one run each: no test is possible, so the paper's coefficients are kept
+    assert result.best is result.rows[-1] and result.decision["adopted"] == "paper"
+    assert "no test" in result.decision["text"]
     for row in result.rows:
         spec = grid.candidate_spec(b0, row["alpha"], row["beta"], row["gamma"])
         assert row["macs"] == cost.macs(spec, spec.resolution) and row["params"] == cost.params(spec)
-        assert row["resolution"] == spec.resolution and row["status"] == "ok"
+        assert row["resolution"] == spec.resolution and row["status"] == "ok" and row["n"] == 1
 
 
 def test_grid_search_ignores_failures_and_reports_none_when_nothing_trained(b0):
@@ -273,25 +276,29 @@ def test_grid_search_ignores_failures_and_reports_none_when_nothing_trained(b0):
         return res
 
     result = grid.grid_search(b0, evaluate, cands)
+    assert len(result.rows) == 3                              # the paper's point was given: not added twice
     assert result.best is not None and result.best["status"] == "ok"
     assert [r["status"] for r in result.rows].count("oom") == 1
     none = grid.grid_search(b0, lambda specs: [SimpleNamespace(status="failed", accuracy=None)] * len(specs), cands)
-    assert none.best is None
+    assert none.best is None and none.decision["adopted"] is None
     with pytest.raises(ScalingError, match="returned 0 results"):
         grid.grid_search(b0, lambda specs: [], cands)
 
 
 def test_save_grid_table(tmp_path, b0):
     result = grid.grid_search(b0, _fake_results, [(1.2, 1.1, 1.15), (2.0, 1.0, 1.0)])
-    md, csv_path = grid.save_grid_table(result.rows, tmp_path)
+    md, csv_path = grid.save_grid_table(result.rows, tmp_path, decision=result.decision)
     lines = csv_path.read_text().splitlines()
     assert lines[0].split(",") == list(grid.GRID_COLUMNS)
     assert len(lines) == 3 and lines[1].startswith("1.2,1.1,1.15,")
-    assert md.read_text().count("\n") == 4 and "α·β²·γ²" in md.read_text()
+    text = md.read_text()
+    assert text.count("\n") == 6 and "α·β²·γ²" in text and "accuracy (mean ± sd)" in text
+    assert "Decision (Welch's test at p < 0.05" in text
 
 
 def test_library_modules_import_no_training_code():
-    code = ("import sys, scaling, scaling.compound, scaling.grid, scaling.family, scaling.plot, scaling.tables;"
+    code = ("import sys, scaling, scaling.compound, scaling.grid, scaling.family, scaling.plot, scaling.tables, "
+            "scaling.stats, scaling.verify;"
             "print(sorted(m for m in sys.modules if m == 'nas' or m.startswith('nas.')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

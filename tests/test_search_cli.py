@@ -64,15 +64,18 @@ def test_scale_grid_trains_each_candidate_at_its_own_resolution(tmp_path, capsys
     err = capsys.readouterr().err
     assert rc == 0, err
     # the grid shows progress, names its choice, and its trials reach trials.csv
-    assert "grid candidates 3/3" in err and "scale grid: α = 1.25, β = 1, γ = 1.25" in err
-    assert sum(r["kind"] == "grid" for r in csv.DictReader((out / "trials.csv").open())) == 3
+    # 4 distinct networks (the 3 grid points, 2 of them alike, and the paper's) x 3 seeds (--grid-seeds)
+    assert "grid candidates 12/12" in err and "scale grid: α = 1.25, β = 1, γ = 1.25" in err
+    assert "Welch p = 0 < 0.05: adopted (1.25, 1, 1.25)" in err     # no seed noise here: the gap is certain
+    assert sum(r["kind"] == "grid" for r in csv.DictReader((out / "trials.csv").open())) == 12
     rows = list(csv.DictReader((out / "grid" / "grid.csv").open()))
-    assert {int(r["resolution"]) for r in rows} == {224, 280}
+    assert {int(r["resolution"]) for r in rows} == {224, 256, 280}
     for r in rows:
-        assert r["status"] == "ok"
+        assert r["status"] == "ok" and r["n"] == "3"
         assert float(r["accuracy"]) == pytest.approx(round(32 * int(r["resolution"]) / 224) / 1000)
+    assert [r["role"] for r in rows if r["role"]] == ["best mean, adopted", "paper's"]
     with Store.open(out) as st:
-        assert len(st.trials("grid")) == 3
+        assert len(st.trials("grid")) == 12
     # the family is scaled with the grid's winner (α, β, γ) = (1.25, 1.0, 1.25): the one at 280 px
     b1 = next(r for r in csv.DictReader((out / "family" / "family.csv").open()) if r["name"] == "b1")
     assert (float(b1["depth"]), float(b1["width"]), int(b1["resolution"])) == (1.25, 1.0, 280)

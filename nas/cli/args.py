@@ -114,6 +114,20 @@ def int_at_least(name: str, low: int, high: int | None = None) -> Callable[[str]
     return parse
 
 
+def seed_count(name: str) -> Callable[[str], Any]:
+    """`auto` (sequential seeds, `nas.final.sequential`) or a positive count (a fixed design)."""
+    count = positive_int(name)
+
+    def parse(text: str) -> Any:
+        if str(text).strip().lower() == "auto":
+            return "auto"
+        try:
+            return count(text)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"{name} must be auto or a positive integer, got {text!r}") from None
+    return parse
+
+
 def number(name: str, low: float | None = None, strict: bool = False) -> Callable[[str], float]:
     """A finite float, `>= low` (or `> low` when `strict`)."""
     def parse(text: str) -> float:
@@ -140,14 +154,26 @@ def parse_window(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def parse_phis(text: str) -> list[float]:
+def parse_phis(text: str, what: str = "--phis") -> list[float]:
     """The family's φ values, in the grammar of `python -m scaling derive --phis` (one parser)."""
     from scaling.compound import parse_phis as parse
     from scaling.errors import ScalingError
     try:
         return parse(str(text))
     except ScalingError as exc:
-        raise UserError(f"--phis {text!r}: {exc}") from None
+        raise UserError(f"{what} {text!r}: {exc}") from None
+
+
+def member_phis(text: Any, family: Any, what: str = "--phi") -> list[float]:
+    """The φ values of `text` (`1,2`, `1-3`) for `scaling verify`, each one of `family`'s φ other than 0."""
+    from scaling.compound import format_phi
+    have = [float(p) for p in family if float(p) > 0]
+    phis = parse_phis(str(text), what)
+    for p in phis:
+        if p not in have:
+            shown = ", ".join(format_phi(x) for x in have) or "none"
+            raise UserError(f"{what} {format_phi(p)}: out of range; the run's family has φ = {shown}")
+    return phis
 
 
 def log(opts: dict, msg: str) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nas.errors import UserError
+from nas.final import sequential
 
 from .args import Parser, cli_main, int_at_least, number, positive_int
 from .options import DEFAULTS
@@ -25,15 +26,18 @@ PROG = "nas.final"
 AGAIN = "rerun the same command to go on"
 
 
-def parse_seeds(text: str, search_seed: int) -> tuple[int, list[int] | None]:
-    """`3` (that many fresh seeds) or `4,5,6` (these); the search seed is never one of them."""
+def parse_seeds(text: str, search_seed: int) -> tuple[Any, list[int] | None]:
+    """`auto` (sequential), `3` (that many fresh seeds) or `4,5,6` (these); the search seed is
+    never one of them."""
+    if str(text).strip().lower() == "auto":
+        return "auto", None
     parts = [p for p in str(text).replace(" ", "").split(",") if p]
     try:
         values = [int(p) for p in parts]
     except ValueError:
-        raise UserError(f"--seeds {text!r}: expected a count such as 3 or a list such as 4,5,6") from None
+        raise UserError(f"--seeds {text!r}: expected auto, a count such as 3 or a list such as 4,5,6") from None
     if not values or any(v < 0 for v in values):
-        raise UserError(f"--seeds {text!r}: expected a count such as 3 or a list such as 4,5,6")
+        raise UserError(f"--seeds {text!r}: expected auto, a count such as 3 or a list such as 4,5,6")
     if len(values) == 1:
         if values[0] < 1:
             raise UserError(f"--seeds {text!r}: need at least one seed")
@@ -51,7 +55,14 @@ def build_parser() -> Parser:
     p.add_argument("run", metavar="RUN", help="the run folder (--out of nas.search)")
     p.add_argument("--top-k", type=positive_int("--top-k"),
                    help=f"the K best search architectures (default: the run's, {DEFAULTS['final_top_k']})")
-    p.add_argument("--seeds", help=f"a count (default: the run's, {DEFAULTS['final_seeds']}) or a list such as 4,5,6")
+    p.add_argument("--seeds", help="auto (3 seeds each, then more for B0 and the reference while the verdict is "
+                                   "undecided), a count, or a list such as 4,5,6 (default: the run's, "
+                                   f"{DEFAULTS['final_seeds']})")
+    p.add_argument("--max-seeds", type=int_at_least("--max-seeds", sequential.INITIAL),
+                   help=f"with auto: at most this many seeds for B0 and the reference (default: the run's, "
+                        f"{DEFAULTS['final_max_seeds']})")
+    p.add_argument("--first-seed", type=int_at_least("--first-seed", 0),
+                   help="with auto or a count: the fresh seeds start here (default: the search seed + 1)")
     p.add_argument("--candidates", help="trial ids (trials.csv 'id') instead of the top K, e.g. 12,30")
     p.add_argument("--final-epochs", type=number("--final-epochs", 0, strict=True),
                    help=f"epochs of the final budget (default: the run's, {DEFAULTS['final_epochs']:g})")
@@ -82,6 +93,8 @@ def _main(args: Any) -> int:
         if not st.count("search"):
             raise UserError(f"{args.run}: the run has no trained search trial yet; finish the search first")
     given = {"out": args.run, "resume": True, "quiet": args.quiet, "no_progress": args.no_progress}
+    if args.max_seeds is not None:
+        given["final_max_seeds"] = args.max_seeds
     for name in ("device", "workers", "engine", "final_epochs", "final_resolution", "trial_timeout"):
         if getattr(args, name) is not None:
             given[name] = getattr(args, name)
@@ -92,6 +105,10 @@ def _main(args: Any) -> int:
     opts = {**DEFAULTS, **stored, **given}
     if args.seeds is not None:
         opts["final_seeds"], opts["_final_seed_list"] = parse_seeds(args.seeds, int(opts["seed"]))
+    if args.first_seed is not None:
+        if opts.get("_final_seed_list"):
+            raise UserError("--first-seed goes with --seeds auto or a count, not with a list of seeds")
+        opts["_final_first_seed"] = args.first_seed
     if args.candidates is not None:
         try:
             opts["_final_candidates"] = [int(x) for x in args.candidates.split(",") if x.strip()]

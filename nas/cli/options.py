@@ -24,12 +24,16 @@ from nas.engines.protocol import DEFAULT_EVALUATOR
 from nas.errors import UserError
 from nas.evaluate.budget import ProxyBudget
 from nas.final import plan as final_plan
+from nas.final import sequential
 from nas.search.asha import AshaSettings
 from nas.search.objective import DEFAULT_PRESET
 from nas.search.settings import CostWindow, StopRule
+from scaling import grid as scaling_grid
+from scaling import verify as scaling_verify
 from search_space.fileio import yaml_line
 
-from .args import MAX_SEED, Parser, count, duration, int_at_least, number, parse_window, positive_int
+from .args import (MAX_SEED, Parser, count, duration, int_at_least, number, parse_window, positive_int,
+                   seed_count)
 
 DEFAULT_OUT = "runs/search"
 DEFAULT_WORKERS_CAP = 4   # --workers 0 on CPU: one per core, at most this many
@@ -48,10 +52,12 @@ DEFAULTS: dict[str, Any] = {
     "engine": "local", "trial_timeout": DEFAULT_TRIAL_TIMEOUT, "cost_window": CostWindow().text(),
     "evaluator": DEFAULT_EVALUATOR,
     "reference": "efficientnet-b0", "no_scale": False, "scale_grid": False, "alpha_scale": 1.2,
-    "beta_scale": 1.1, "gamma_scale": 1.15, "phis": "1-7", "grid_step": 0.05, "grid_tol": 0.1, "no_progress": False, "quiet": False,
+    "beta_scale": 1.1, "gamma_scale": 1.15, "phis": "1-7", "grid_step": 0.05, "grid_tol": 0.1,
+    "grid_seeds": scaling_grid.DEFAULT_SEEDS, "measure_family_latency": False, "verify_scaling": False, "verify_phi": scaling_verify.DEFAULT_PHIS,
+    "verify_seeds": scaling_verify.DEFAULT_SEEDS, "no_progress": False, "quiet": False,
     "no_tensorboard": False,
     "no_final": False, "final_top_k": final_plan.DEFAULT_TOP_K, "final_seeds": final_plan.DEFAULT_SEEDS,
-    "final_epochs": final_plan.DEFAULT_EPOCHS, "final_resolution": None,
+    "final_epochs": final_plan.DEFAULT_EPOCHS, "final_resolution": None, "final_max_seeds": sequential.DEFAULT_MAX_SEEDS,
     "target_latency": None, "latency_device": "cpu", "latency_batch": 1, "latency_threads": 1, "latency_table": None,
     "early_stop": "off", "eta": _ASHA.eta, "min_fraction": str(Fraction(_ASHA.min_fraction).limit_denominator(1000)), "prefilter": "none", "prefilter_ratio": 1,
     "max_epochs": StopRule.max_epochs,
@@ -174,8 +180,13 @@ def build_parser(with_nni: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--final-top-k", type=positive_int("--final-top-k"),
                    help=f"architectures retrained, best by search reward, besides the reference "
                         f"(default: {d['final_top_k']})")
-    g.add_argument("--final-seeds", type=positive_int("--final-seeds"),
-                   help=f"fresh training seeds for each, none equal to --seed (default: {d['final_seeds']})")
+    g.add_argument("--final-seeds", type=seed_count("--final-seeds"),
+                   help=f"fresh training seeds, none equal to --seed: a number for each architecture (a fixed "
+                        f"design), or auto: {sequential.INITIAL} for each, then more for B0 and the reference "
+                        f"only while the verdict is undecided (default: {d['final_seeds']})")
+    g.add_argument("--final-max-seeds", type=int_at_least("--final-max-seeds", sequential.INITIAL),
+                   help=f"--final-seeds auto: at most this many seeds for B0 and the reference "
+                        f"(default: {d['final_max_seeds']})")
     add_final_budget(g, "the final budget")
     g = p.add_argument_group("hand-off to compound scaling")
     g.add_argument("--no-scale", action="store_true", help="do not derive B1-B7 from the B0 found")
@@ -189,7 +200,20 @@ def build_parser(with_nni: bool = True) -> argparse.ArgumentParser:
                    help=f"--scale-grid: grid step of alpha, beta, gamma (default: {d['grid_step']})")
     g.add_argument("--grid-tol", type=number("--grid-tol", 0),
                    help=f"--scale-grid: keep points with |alpha*beta^2*gamma^2 - 2| <= this (default: {d['grid_tol']})")
+    g.add_argument("--grid-seeds", type=positive_int("--grid-seeds"),
+                   help=f"--scale-grid: runs per candidate; a candidate other than the paper's (1.2, 1.1, 1.15) is "
+                        f"adopted only when it beats it with Welch p < 0.05 (default: {d['grid_seeds']})")
     g.add_argument("--phis", help=f"which members to derive, e.g. 1-7, 1,2,5 or 0.5-3 (default: {d['phis']})")
+    g.add_argument("--measure-family-latency", action="store_true",
+                   help="with --target-latency: measure each family member's latency end to end on this machine, "
+                        "beside the latency table's prediction in family.md (slow for large members)")
+    g.add_argument("--verify-scaling", action="store_true",
+                   help="at the end: train the family's B_phi against width-, depth- and resolution-only scalings "
+                        "of B0 at matched multiply-adds on fresh seeds (python -m scaling verify; off by default)")
+    g.add_argument("--verify-phi", metavar="PHIS",
+                   help=f"--verify-scaling: which members, among --phis (default: {d['verify_phi']})")
+    g.add_argument("--verify-seeds", type=positive_int("--verify-seeds"),
+                   help=f"--verify-scaling: fresh seeds per network (default: {d['verify_seeds']})")
     if with_nni:
         try:
             from nas.nni.config import add_cli_options

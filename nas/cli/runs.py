@@ -56,9 +56,11 @@ def write_outputs(store: Any, out: Path, setup: Setup, best: Optional[dict], ref
 
 def stage2(setup: Setup, store: Any, out: Path) -> dict:
     """Stage 2 (`nas.final.plan.run`) on the search's engine and store: top-k and the
-    reference on fresh seeds, B0 chosen on search-validation, the verdict on test;
-    resumable. Writes final.md and final.csv."""
-    from nas.final import plan, report
+    reference on fresh seeds (sequential with `--final-seeds auto`), B0 chosen on
+    search-validation, the verdict on test; resumable. Keeps the weights of B0's and the
+    reference's runs under weights/, B0's best on search-validation as best.safetensors,
+    and writes final.md and final.csv."""
+    from nas.final import plan, report, sequential
     from nas.reports.progress import Progress
 
     opts = setup.opts
@@ -69,7 +71,15 @@ def stage2(setup: Setup, store: Any, out: Path) -> dict:
         raise UserError(f"--candidates: {exc}") from None
     if setup.reference is not None:
         candidates.append(plan.Candidate(setup.reference.name or "reference", setup.reference))
-    seeds = opts.get("_final_seed_list") or plan.fresh_seeds(int(opts["seed"]), int(opts["final_seeds"]))
+    auto = str(opts["final_seeds"]) == "auto"
+    search_seed = int(opts["seed"])
+    first = opts.get("_final_first_seed")
+    start, taken = (search_seed, ()) if first is None else (int(first) - 1, (search_seed,))
+
+    def seed_run(n: int) -> list[int]:
+        return plan.fresh_seeds(start, n, taken)
+
+    seeds = opts.get("_final_seed_list") or seed_run(sequential.INITIAL if auto else int(opts["final_seeds"]))
     budget = final_budget(setup)
     objective = setup.settings.objective
 
@@ -77,8 +87,15 @@ def stage2(setup: Setup, store: Any, out: Path) -> dict:
         return [Progress(n, done=stored, kind=plan.KIND, enabled=show_progress(opts)),
                 refresh_files(store, out, setup)]
 
+    weights = out / "weights"
+    weights.mkdir(parents=True, exist_ok=True)
     summary = plan.run(store, candidates, seeds, setup.engine, dataclasses.replace(setup.ctx, budget=budget),
-                       objective, setup.settings.target_resolution, listeners=listeners, log=lambda m: log(opts, m))
+                       objective, setup.settings.target_resolution, listeners=listeners, log=lambda m: log(opts, m),
+                       max_seeds=int(opts["final_max_seeds"]) if auto else None,
+                       more_seeds=lambda n: seed_run(n)[len(seeds):], weights_dir=weights)
+    if summary["chosen"] >= 0 and plan.keep_weights(summary, candidates, weights, out / "best.safetensors"):
+        log(opts, f"weights: {out / 'best.safetensors'} (B0's run with the best search-validation accuracy), "
+                  f"every run of B0 and the reference under {weights}")
     report.write_outputs(summary, out, budget, objective)
     return summary
 

@@ -24,8 +24,8 @@ from .setup import Setup, validate
 
 PROG = "effnas-search"
 OUTPUT_FILES = ("search.db", "search.db-wal", "search.db-shm", "best.yaml", "trials.csv", "pareto.png", "final.md",
-                "final.csv")
-OUTPUT_DIRS = ("tb", "family", "nni", "grid")
+                "final.csv", "best.safetensors", "scaling.md", "scaling.csv", "scaling.png")
+OUTPUT_DIRS = ("tb", "family", "nni", "grid", "weights")
 AGAIN = "continue with --resume --out {out}"
 
 
@@ -125,9 +125,11 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
             tb.close()
         _interrupted(store, setup)
         return 130
-    family = None
+    family = verified = None
     if best is not None and not opts.get("no_scale"):
         family = _hand_off(setup, store, best)
+        if family is not None and opts.get("verify_scaling"):
+            verified = _verify(setup, store, out)
     if tb:
         tb.close({k: v for k, v in opts.items()
                   if (k in IDENTITY or k in ("trials", "workers")) and k != "space_text"},
@@ -144,6 +146,9 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
     print(files.summary_table(best, reference, counts, objective.target, time.time() - t0, out, family,
                               loop.stop_reason, final and final_text(final, setup),
                               latency_target=objective.latency_ms, measured=(final or {}).get("measured")))
+    if verified is not None:
+        from .verify import text as verify_text
+        print("\nCompound scaling against single dimensions (scaling.md):\n" + verify_text(verified))
     if best is None:
         print(f"{PROG}: no trial finished ok, so there is no B0 (see {out}/trials.csv)", file=sys.stderr)
         return 1
@@ -171,7 +176,7 @@ def _hand_off(setup: Setup, store: Any, best: dict) -> Optional[list]:
         if opts.get("scale_grid"):
             a, b, g = _grid(setup, store, b0)
         from scaling.family import derive_to_dir
-        return derive_to_dir(b0, out / "family", a, b, g, setup.phis)
+        return derive_to_dir(b0, out / "family", a, b, g, setup.phis, **_family_latency(setup))
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - the search result stands even if scaling fails
@@ -180,32 +185,69 @@ def _hand_off(setup: Setup, store: Any, best: dict) -> Optional[list]:
         return None
 
 
+def _family_latency(setup: Setup) -> dict:
+    """With a latency target (so a latency table): each member's latency predicted from the
+    table at its own resolution, and with --measure-family-latency measured here too."""
+    from nas.search.latency import TABLE_DEVICE, measured_ms, predict_ms
+    o = setup.settings.objective
+    if not o.latency_ms:
+        return {}
+    where = (o.latency_device, o.latency_batch, o.latency_threads)
+    log(setup.opts, "family latency: predicted per member from the latency table (parts it lacks are measured "
+                    "first)" + (", then measured end to end" if setup.opts.get("measure_family_latency") else ""))
+    measure = None
+    if setup.opts.get("measure_family_latency") and o.latency_device != TABLE_DEVICE:
+        def measure(spec: Any, res: int) -> Optional[float]:
+            return measured_ms(*where, spec, res)
+    device = "the table's device" if o.latency_device == TABLE_DEVICE else o.latency_device
+    return {"latency": lambda spec, res: predict_ms(*where, o.latency_table, spec, res), "measure": measure,
+            "latency_note": f"Latency per member at its own resolution: {device}, batch {o.latency_batch}, "
+                            f"{o.latency_threads} thread(s), float32; predicted from {o.latency_table}"
+                            + ("; measured end to end on this machine" if measure else "") + "."}
+
+
 def _grid(setup: Setup, store: Any, b0: Any) -> tuple[float, float, float]:
-    """The α/β/γ grid (`nas.search.grid.run_grid`) on the search's engine and store; resumable."""
+    """The α/β/γ grid (`nas.search.grid.run_grid`) on the search's engine and store, each
+    candidate on --grid-seeds seeds; the paper's coefficients are kept unless a candidate
+    beats them at Welch p < 0.05 (`scaling.grid.decide`); resumable."""
     from nas.reports.progress import Progress
     from nas.search.grid import run_grid
     from scaling.grid import grid_candidates, save_grid_table
 
     opts, out = setup.opts, Path(setup.opts["out"])
+    seeds = [int(opts["seed"]) + i for i in range(int(opts["grid_seeds"]))]
 
     def listeners(n: int, stored: int) -> list:
         failed = sum(r["status"] != "ok" for r in store.trials("grid", "trained"))
-        log(opts, f"scale grid: {n} distinct networks at φ = 1 to train ({stored} already stored)")
+        log(opts, f"scale grid: {n} runs at φ = 1 ({n // len(seeds)} distinct networks × {len(seeds)} seeds) "
+                  f"to train ({stored} already stored)")
         return [Progress(n, done=stored, failed=failed, kind="grid", enabled=show_progress(opts)),
                 refresh_files(store, out, setup)]
 
     result = run_grid(store, b0, grid_candidates(float(opts["grid_step"]), tol=float(opts["grid_tol"])),
-                      setup.engine, setup.ctx, setup.settings.objective, listeners=listeners)
+                      setup.engine, setup.ctx, setup.settings.objective, listeners=listeners, seeds=seeds)
     rows = [{k: v for k, v in r.items() if k != "spec"} for r in result.rows]
     (out / "grid").mkdir(parents=True, exist_ok=True)
-    save_grid_table(rows, out / "grid")
+    save_grid_table(rows, out / "grid", decision=result.decision)
     if result.best is None:
         print("warning: no grid candidate trained ok; using the default coefficients", file=sys.stderr)
         return float(opts["alpha_scale"]), float(opts["beta_scale"]), float(opts["gamma_scale"])
     best = result.best
     log(opts, f"scale grid: α = {best['alpha']:g}, β = {best['beta']:g}, γ = {best['gamma']:g} "
-               f"(proxy accuracy {best['accuracy']:.4f}, best of {len(rows)} candidates); table: {out / 'grid' / 'grid.md'}")
+              f"({result.decision['text']}); table: {out / 'grid' / 'grid.md'}")
     return best["alpha"], best["beta"], best["gamma"]
+
+
+def _verify(setup: Setup, store: Any, out: Path) -> dict:
+    """--verify-scaling: `python -m scaling verify` on this run's family, engine and store."""
+    from nas.final.plan import fresh_seeds
+
+    from .args import member_phis
+    from .verify import plan, verify
+    opts = setup.opts
+    phis = member_phis(opts["verify_phi"], setup.phis, "--verify-phi")
+    seeds = fresh_seeds(int(opts["seed"]), int(opts["verify_seeds"]))
+    return verify(setup, store, out, plan(out, phis), seeds, say=lambda m: log(opts, m))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

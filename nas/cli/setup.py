@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 from nas.errors import UserError
 
-from .args import checked, int_at_least, log, parse_phis, parse_window, positive_int
+from .args import checked, int_at_least, log, member_phis, parse_phis, parse_window, positive_int
 from .options import DEFAULT_WORKERS_CAP, DEFAULTS
 
 
@@ -201,6 +201,10 @@ def validate(opts: dict, given: set, stored: Optional[dict] = None,
     for k in ("alpha_scale", "beta_scale", "gamma_scale"):
         if float(opts[k]) < 1:
             raise UserError(f"--{k.replace('_', '-')} must be >= 1, got {opts[k]}")
+    if opts.get("verify_scaling"):
+        if opts.get("no_scale"):
+            raise UserError("--verify-scaling needs the family: drop --no-scale")
+        member_phis(opts["verify_phi"], phis, "--verify-phi")
     if opts.get("scale_grid") and not opts.get("no_scale"):
         from scaling.grid import grid_candidates
         try:

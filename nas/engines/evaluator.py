@@ -61,6 +61,16 @@ def with_rung_hook(fn: Callable[..., Any], rungs: list, on_rung: Callable[[int, 
     return fn
 
 
+def with_weights_path(fn: Callable[..., Any], path: str) -> Callable[..., Any]:
+    """`fn` with `weights_path` bound when its signature takes it (stage 2 keeps the trained
+    weights there); an evaluator that does not take it keeps none."""
+    try:
+        names = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return fn
+    return functools.partial(fn, weights_path=path) if "weights_path" in names else fn
+
+
 def evaluate_job(job: Job, ctx: EvalContext, evaluator: Callable | None = None,
                  on_rung: Callable[[int, float], bool] | None = None) -> TrialResult:
     """Train `job` with the context's evaluator; never raises (but lets Ctrl-C through).
@@ -77,6 +87,8 @@ def evaluate_job(job: Job, ctx: EvalContext, evaluator: Callable | None = None,
         fn = evaluator or load_evaluator(ctx.evaluator)
         if job.rungs and on_rung is not None:
             fn = with_rung_hook(fn, job.rungs, on_rung)
+        if job.weights:
+            fn = with_weights_path(fn, job.weights)
         spec = ArchSpec.from_dict(job.spec)
         budget = ctx.budget.at_resolution(spec.resolution) if ctx.per_spec_resolution else ctx.budget
         if job.overrides:

@@ -58,6 +58,7 @@ class Job:
     overrides: Optional[dict] = None   # budget fields of this job alone (stage 2: its seed)
     rungs: Optional[list] = None       # ASHA: fractions of the budget to report at (nas.search.asha)
     latency_ms: Optional[float] = None  # predicted where the job is made, with a latency target (never in a trial)
+    weights: Optional[str] = None      # where the evaluator saves the trained weights (stage 2), if it can
 
     @property
     def name(self) -> str:

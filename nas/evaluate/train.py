@@ -161,7 +161,7 @@ def evaluate_accuracy(model: torch.nn.Module, data: ProxyData, bf16: bool, chann
 
 def train(spec, budget: ProxyBudget, data: ProxyData | None = None,
           on_epoch: Callable[[int, float], None] | None = None, rungs: list | None = None,
-          on_rung: Callable[[int, float], bool] | None = None) -> TrialResult:
+          on_rung: Callable[[int, float], bool] | None = None, weights_path: str | None = None) -> TrialResult:
     """Train `spec` for `budget` on the proxy dataset; always returns a TrialResult.
 
     `on_epoch(epoch, accuracy)` is called after each epoch's validation, so that an
@@ -170,7 +170,10 @@ def train(spec, budget: ProxyBudget, data: ProxyData | None = None,
     steps the model is scored on search-validation and `on_rung(rung index, accuracy)`
     asked; False ends the run as status 'stopped' with that accuracy. Scoring a rung
     changes neither the weights nor the RNG, so a trial that goes on ends exactly as
-    without rungs.
+    without rungs. `weights_path`: where an ok run's trained weights are saved
+    (`search_space.weights`: safetensors with the trained spec; stage 2). A weights file
+    that cannot be written (a full disk) is said in the message, and the run stays ok:
+    the measurement stands, the machine failed.
     """
     check_budget(budget)
     device = torch.device(resolve(budget.device))
@@ -187,6 +190,8 @@ def train(spec, budget: ProxyBudget, data: ProxyData | None = None,
             accuracy = _run(dataclasses.replace(spec, num_classes=num_classes), budget, data, state, start,
                             on_epoch, rungs if on_rung is not None else None, on_rung)
         status, message = "ok", ""
+        if weights_path:
+            message = _save_weights(state.pop("model"), spec, num_classes, data.resolution, weights_path)
     except _Stopped as exc:
         stopped = stopped_result(exc.rung, exc.fraction, exc.accuracy)
         accuracy, status, message = exc.accuracy, "stopped", stopped.message
@@ -290,7 +295,18 @@ def _run(spec, budget: ProxyBudget, data: ProxyData, state: dict, start: float,
             on_epoch(len(state["epoch_accuracies"]), state["epoch_accuracies"][-1])
     if data.test_x is not None:  # stage 2 only: after training, never seen by any choice
         state["test_accuracy"] = evaluate_accuracy(model, data, bf16, channels_last, "test")
+    state["model"] = model
     return state["epoch_accuracies"][-1]
+
+
+def _save_weights(model: torch.nn.Module, spec, num_classes: int, resolution: int, path: str) -> str:
+    """Save the trained weights with the spec as trained; '' or the message of a failed write."""
+    from search_space.weights import save
+    try:
+        save(model, dataclasses.replace(spec, num_classes=num_classes, resolution=resolution), path)
+    except OSError as exc:
+        return f"weights not saved to {path}: {exc.strerror or exc}"
+    return ""
 
 
 def _is_oom(exc: BaseException) -> bool:

@@ -22,16 +22,17 @@ if TYPE_CHECKING:
 
 def evaluate(spec, budget: ProxyBudget, data: "ProxyData | None" = None,
              on_epoch: Callable[[int, float], None] | None = None, rungs: list | None = None,
-             on_rung: Callable[[int, float], bool] | None = None) -> TrialResult:
+             on_rung: Callable[[int, float], bool] | None = None, weights_path: str | None = None) -> TrialResult:
     """Proxy-train `spec` at `budget.resolution` with the classifier replaced for the dataset.
 
     Never raises for a failing candidate (the result's status says what happened); a
     `UserError` (bad dataset or budget) propagates because it affects every trial.
-    `rungs`/`on_rung`: ASHA's early stopping (`nas.evaluate.train.train`, `nas.search.asha`).
+    `rungs`/`on_rung`: ASHA's early stopping (`nas.evaluate.train.train`, `nas.search.asha`);
+    `weights_path`: where stage 2 keeps the trained weights.
     """
     from .train import train  # torch only here: the hash evaluators start without it
 
-    return train(spec, budget, data, on_epoch, rungs, on_rung)
+    return train(spec, budget, data, on_epoch, rungs, on_rung, weights_path)
 
 
 def hash_accuracy(key: str) -> float:

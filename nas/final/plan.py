@@ -24,7 +24,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from nas.engines.protocol import Engine, EvalContext
@@ -32,11 +35,11 @@ from nas.evaluate.budget import ProxyBudget, measurement_id
 from nas.search.batch import BatchSource
 from nas.search.objective import Objective
 
-from .stats import summarize
+from .stats import ALPHA, summarize
 
 KIND = "final"
 DEFAULT_TOP_K = 3      # architectures retrained besides the reference
-DEFAULT_SEEDS = 3      # fresh seeds each
+DEFAULT_SEEDS = "auto"  # fresh seeds each: 3, then more for B0 and the reference while undecided
 DEFAULT_EPOCHS = 4.0   # epochs of the final budget
 
 
@@ -101,46 +104,107 @@ def legacy_id(key: str, seed: int, budget: ProxyBudget, evaluator: str) -> int:
     return int(hashlib.sha1(ident.encode()).hexdigest()[:15], 16)
 
 
+def weights_name(candidate: Candidate, seed: int) -> str:
+    """`trial-39-seed1.safetensors`, `efficientnet-b0-seed2.safetensors`: architecture and seed."""
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", candidate.label).strip("-") or "network"
+    return f"{label}-seed{int(seed)}.safetensors"
+
+
 def final_source(store: Any, candidates: Sequence[Candidate], seeds: Sequence[int], ctx: EvalContext,
                  objective: Objective, target_resolution: int,
-                 listeners: Sequence[Callable[[dict], None]] = ()) -> BatchSource:
-    """Every candidate on every seed, as one batch of kind 'final'."""
-    specs, overrides, ids = [], [], []
+                 listeners: Sequence[Callable[[dict], None]] = (), weights_dir: Optional[Path] = None) -> BatchSource:
+    """Every candidate on every seed, as one batch of kind 'final' (each run's weights kept
+    under `weights_dir` when given)."""
+    specs, overrides, ids, weights = [], [], [], []
     for c in candidates:
         for s in seeds:
             specs.append(c.spec)
             overrides.append({"seed": int(s)})
+            weights.append(None if weights_dir is None else str(Path(weights_dir).absolute() / weights_name(c, s)))
             new = measurement_id(c.spec.key(), s, ctx.budget, ctx.evaluator)
             old = legacy_id(c.spec.key(), s, ctx.budget, ctx.evaluator)
             ids.append(old if store.trial(KIND, new) is None and store.trial(KIND, old) is not None else new)
     return BatchSource(store, specs, objective, kind=KIND, target_resolution=target_resolution, listeners=listeners,
-                       overrides=overrides, ids=ids)
+                       overrides=overrides, ids=ids, weights=weights)
 
 
 def run(store: Any, candidates: Sequence[Candidate], seeds: Sequence[int], engine: Engine, ctx: EvalContext,
         objective: Objective, target_resolution: int, listeners: Callable[[int, int], list] = lambda n, done: [],
-        log: Callable[[str], None] = lambda m: None) -> dict:
+        log: Callable[[str], None] = lambda m: None, max_seeds: Optional[int] = None,
+        more_seeds: Callable[[int], list[int]] = lambda n: [], weights_dir: Optional[Path] = None) -> dict:
     """Stage 2 on `engine`: train what is missing (every candidate on every seed), then
     choose and judge (`nas.final.stats.summarize`) and, with a latency target, measure B0's
     and the reference's latency. `listeners(n_runs, n_stored)` gives the record listeners
-    (progress, reports); those with a `close()` are closed when training ends."""
-    source = final_source(store, candidates, seeds, ctx, objective, target_resolution)
-    stored = sum(r is not None for r in source.records())
-    source.listeners = list(listeners(len(source.jobs), stored))
-    budget = ctx.budget
-    log(f"stage 2: {len(candidates)} architectures x {len(seeds)} fresh seeds {list(seeds)}, "
-        f"{budget.epochs:g} epochs at {budget.resolution}px, scored on search-validation and test"
-        + (f" ({stored} of {len(source.jobs)} runs already stored)" if stored else ""))
-    try:
-        engine.run(source, ctx)
-    finally:
-        for listener in source.listeners:
-            close = getattr(listener, "close", None)
-            if callable(close):
-                close()
-    summary = summarize(candidates, seeds, source.records(), objective)
+    (progress, reports) of each batch trained; those with a `close()` are closed after it.
+
+    With `max_seeds` (sequential seeds, `nas.final.sequential`): while the verdict is
+    undecided, B0 and the reference get the seeds `more_seeds(n)` (n seeds in all) at each
+    further look up to `max_seeds`, and the verdict uses the design's boundary. B0 stays the
+    choice of the first look. A resumed stage 2 replays the looks from the store.
+    With `weights_dir`, each run saves its trained weights there (`weights_name`).
+    """
+    from . import sequential
+
+    def train(batch: Sequence[Candidate], batch_seeds: Sequence[int], what: str) -> BatchSource:
+        source = final_source(store, batch, batch_seeds, ctx, objective, target_resolution, weights_dir=weights_dir)
+        stored = sum(r is not None for r in source.records())
+        source.listeners = list(listeners(len(source.jobs), stored))
+        log(f"stage 2: {what} x {len(batch_seeds)} fresh seeds {list(batch_seeds)}, {ctx.budget.epochs:g} epochs "
+            f"at {ctx.budget.resolution}px, scored on search-validation and test"
+            + (f" ({stored} of {len(source.jobs)} runs already stored)" if stored else ""))
+        try:
+            engine.run(source, ctx)
+        finally:
+            for listener in source.listeners:
+                close = getattr(listener, "close", None)
+                if callable(close):
+                    close()
+        return source
+
+    records = train(candidates, seeds, f"{len(candidates)} architectures").records()
+    plan = sequential.looks(len(seeds), max(len(seeds), max_seeds)) if max_seeds else ()
+    threshold = sequential.boundary(plan) if len(plan) > 1 else ALPHA
+    summary = summarize(candidates, seeds, records, objective, threshold=threshold)
+    look = 1
+    ref = summary["reference"]
+    while plan and look < len(plan) and summary["verdict"] is not None and \
+            summary["verdict"]["words"] == "no significant difference":
+        pair = [summary["chosen"], ref]
+        extra = more_seeds(plan[look])
+        batch = train([candidates[i] for i in pair], extra, f"look {look + 1}: B0 and the reference").records()
+        look += 1
+        more = {i: batch[k * len(extra):(k + 1) * len(extra)] for k, i in enumerate(pair)}
+        summary = summarize(candidates, seeds, records, objective, more=more, threshold=threshold)
+    summary["design"] = {"looks": list(plan), "look": look, "threshold": threshold} if len(plan) > 1 else {}
     measure_latency(summary, candidates, objective, target_resolution, log=log)
     return summary
+
+
+def keep_weights(summary: dict, candidates: Sequence[Candidate], weights_dir: Path, best: Path) -> Optional[Path]:
+    """After the choice: delete the weights this stage 2 trained for candidates other than B0
+    and the reference, and copy B0's run with the best search-validation accuracy (never
+    test) to `best`. Returns `best`, or None when no B0 run left weights."""
+    chosen, ref = summary["chosen"], summary.get("reference")
+    runs: list[tuple[float, Path]] = []
+    for r in summary["records"]:
+        i = next(k for k, c in enumerate(summary["candidates"]) if c["key"] == r["key"])
+        path = Path(weights_dir) / weights_name(candidates[i], seed_of(r))
+        if i not in (chosen, ref):
+            path.unlink(missing_ok=True)
+        elif i == chosen and r["status"] == "ok" and r["accuracy"] is not None and path.is_file():
+            runs.append((r["accuracy"], path))
+    if not runs:
+        return None
+    source = max(runs, key=lambda ap: ap[0])[1]
+    tmp = best.with_name(best.name + ".tmp")
+    shutil.copyfile(source, tmp)
+    tmp.replace(best)
+    return best
+
+
+def seed_of(record: dict) -> Any:
+    """The training seed of a stage-2 record (kept with the job's budget overrides)."""
+    return ((record.get("extra") or {}).get("overrides") or {}).get("seed", "")
 
 
 def measure_latency(summary: dict, candidates: Sequence[Candidate], objective: Objective, resolution: int,

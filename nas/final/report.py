@@ -7,6 +7,7 @@ from typing import Any
 from nas.evaluate.budget import ProxyBudget
 from nas.search.objective import Objective
 
+from .plan import seed_of
 from .stats import POWER, SEEDS_CAP
 
 CSV_COLUMNS = ("label", "trial", "key", "macs", "params", "seed", "status", "val_accuracy", "test_accuracy",
@@ -23,9 +24,19 @@ def verdict_line(summary: dict) -> str:
     v = summary["verdict"]
     if v is None:
         return "stage 2: no verdict (B0 or the reference has fewer than 2 test scores)"
-    line = (f"verdict on test ({len(summary['seeds'])} fresh seeds): B0 ({v['b0']}) vs {v['reference']}: "
+    design = summary.get("design") or {}
+    if design.get("looks"):
+        rows = summary["candidates"]
+        n = min(rows[summary["chosen"]]["runs"], rows[summary["reference"]]["runs"])
+        how = (f"sequential, {n} fresh seeds each for B0 and the reference, look {design['look']} of at most "
+               f"{len(design['looks'])}, boundary p < {v['threshold']:.3g}")
+    else:
+        how = f"{len(summary['seeds'])} fresh seeds"
+    line = (f"verdict on test ({how}): B0 ({v['b0']}) vs {v['reference']}: "
             f"{v['diff']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] 95% CI, Welch p = {v['p']:.3g}: "
             f"{v['words']}, at {v['macs_ratio']:.0%} of its multiply-adds{_latency_ratio(summary)}")
+    if design.get("looks") and v["words"] == "no significant difference":
+        line += f", undecided at the cap of {design['looks'][-1]} seeds"
     if v["words"] == "no significant difference" and v["diff"] != 0:
         n = v.get("seeds_to_tell")
         line += (f"; a true gap of {abs(v['diff']):.4f} would be found {POWER:.0%} of the time with "
@@ -48,7 +59,7 @@ def markdown(summary: dict, budget: ProxyBudget) -> str:
              "",
              f"Final budget: {budget.dataset}, {budget.epochs:g} epochs at {budget.resolution} px, batch "
              f"{budget.batch_size}. B0 is chosen by mean reward on search-validation; test accuracy is read "
-             "only for the verdict.",
+             "only for the verdict." + _design_text(summary),
              "",
              "| architecture | MACs | params | runs ok | search-val accuracy | val reward | test accuracy | "
              "test reward |",
@@ -64,6 +75,16 @@ def markdown(summary: dict, budget: ProxyBudget) -> str:
                      f"{_pm(c['val'])} | {_f(c['val_reward'])} | {_pm(c['test'])} | {_f(c['test_reward'])} |")
     lines += ["", verdict_line(summary), ""]
     return "\n".join(lines)
+
+
+def _design_text(summary: dict) -> str:
+    design = summary.get("design") or {}
+    if not design.get("looks"):
+        return ""
+    return (f" Sequential seeds: every candidate on seeds {summary['seeds']} (B0 chosen there), then B0 and "
+            f"the reference only, at looks of {', '.join(map(str, design['looks']))} seeds, until Welch's p is below "
+            f"{design['threshold']:.3g} (Pocock's boundary, calibrated by simulation so that a false 'better' or "
+            f"'worse' over all looks has a 5 % chance).")
 
 
 def _m(v: Any) -> str:
@@ -99,11 +120,6 @@ def write_outputs(summary: dict, out: str | Path, budget: ProxyBudget, objective
                     _cell(lat), _cell(c.get("measured_latency_ms"))])
     write_atomic(Path(out) / "final.csv", buf.getvalue())
     write_atomic(Path(out) / "final.md", markdown(summary, budget))
-
-
-def seed_of(record: dict) -> Any:
-    """The training seed of a stage-2 record (kept with the job's budget overrides)."""
-    return ((record.get("extra") or {}).get("overrides") or {}).get("seed", "")
 
 
 def _cell(v: Any) -> str:

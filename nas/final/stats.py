@@ -81,19 +81,28 @@ def seeds_to_tell(diff: float, sd_a: float, sd_b: float, power: float = POWER, a
     return None
 
 
-def words(test: dict) -> str:
-    if test["p"] < ALPHA:
+def words(test: dict, threshold: float = ALPHA) -> str:
+    """The words a test allows: "better"/"worse" when its p-value is below `threshold`."""
+    if test["p"] < threshold:
         return "better" if test["diff"] > 0 else "worse"
     return "no significant difference"
 
 
 def summarize(candidates: Sequence[Any], seeds: Sequence[int], records: Sequence[Optional[dict]],
-              objective: Objective) -> dict:
-    """Per candidate mean ± sd on validation and test, the choice, and the verdict."""
+              objective: Objective, more: Optional[dict[int, list]] = None, threshold: float = ALPHA) -> dict:
+    """Per candidate mean ± sd on validation and test, the choice, and the verdict.
+
+    `records` holds one record per (candidate, seed of `seeds`), in that order (None:
+    missing); B0 is chosen from those alone (the first look). `more` maps a candidate's
+    index to its records on further seeds (sequential looks: B0 and the reference), which
+    count in its table row and in the verdict. The verdict's words use `threshold`: the
+    significance level, or a sequential design's boundary (`nas.final.sequential`).
+    """
     per = [records[i * len(seeds):(i + 1) * len(seeds)] for i in range(len(candidates))]
     per = [[r for r in rows if r is not None] for rows in per]
     stripped = [[{k: v for k, v in r.items() if k != "test_accuracy"} for r in rows] for rows in per]
     chosen = choose(candidates, stripped, objective)   # before any test score is read
+    per = [rows + [r for r in (more or {}).get(i, []) if r is not None] for i, rows in enumerate(per)]
     table = []
     for c, rows in zip(candidates, per):
         ok = [r for r in rows if r["status"] == "ok" and r["accuracy"] is not None]
@@ -113,9 +122,9 @@ def summarize(candidates: Sequence[Any], seeds: Sequence[int], records: Sequence
         a, b = table[chosen]["test_values"], table[ref]["test_values"]
         if len(a) >= 2 and len(b) >= 2:
             test = welch(a, b)
-            verdict = {**test, "words": words(test), "b0": table[chosen]["label"], "reference": table[ref]["label"],
-                       "macs_ratio": table[chosen]["macs"] / table[ref]["macs"],
+            verdict = {**test, "words": words(test, threshold), "threshold": threshold, "b0": table[chosen]["label"],
+                       "reference": table[ref]["label"], "macs_ratio": table[chosen]["macs"] / table[ref]["macs"],
                        "seeds_to_tell": seeds_to_tell(test["diff"], table[chosen]["test"]["sd"],
                                                       table[ref]["test"]["sd"])}
-    return {"seeds": list(seeds), "candidates": table, "chosen": chosen, "verdict": verdict,
+    return {"seeds": list(seeds), "candidates": table, "chosen": chosen, "verdict": verdict, "reference": ref,
             "records": [r for rows in per for r in rows]}

@@ -22,13 +22,15 @@ class BatchSource(RecordWriter):
     is counted at `target_resolution` (default: each spec's own). `overrides` (one dict
     or None per spec) changes budget fields of single jobs (stage 2: the seed); `ids`
     gives each job a stable proposal id (default: its index), so that batches that
-    differ can share a kind in one store. `results()` returns one TrialResult per spec,
-    in the given order.
+    differ can share a kind in one store; `weights` (a path or None per spec) is where the
+    evaluator keeps each job's trained weights. `results()` returns one TrialResult per
+    spec, in the given order.
     """
 
     def __init__(self, store: Store, specs: Sequence[Any], objective: Objective, kind: str = "grid",
                  target_resolution: int | None = None, listeners: Sequence[Callable[[dict], None]] = (),
-                 overrides: Sequence[dict | None] | None = None, ids: Sequence[int] | None = None) -> None:
+                 overrides: Sequence[dict | None] | None = None, ids: Sequence[int] | None = None,
+                 weights: Sequence[str | None] | None = None) -> None:
         self.store, self.kind, self.objective, self.listeners = store, kind, objective, list(listeners)
         self.target_resolution = target_resolution
         self.specs = list(specs)
@@ -36,10 +38,12 @@ class BatchSource(RecordWriter):
         self.ids = [int(i) for i in ids] if ids is not None else list(range(len(self.specs)))
         if len(self.overrides) != len(self.specs) or len(set(self.ids)) != len(self.specs):
             raise ValueError("BatchSource needs one override and one distinct id per spec")
+        self.weights = list(weights) if weights is not None else [None] * len(self.specs)
         self.jobs = []
-        for pid, spec, extra in zip(self.ids, self.specs, self.overrides):
+        for pid, spec, extra, path in zip(self.ids, self.specs, self.overrides, self.weights):
             job = new_job(kind, pid, spec, target_resolution, objective=objective)
             job.overrides = dict(extra) if extra else None
+            job.weights = path
             self.jobs.append(job)
         for job in self.jobs:
             row = store.trial(kind, job.proposal_id)
@@ -52,7 +56,7 @@ class BatchSource(RecordWriter):
     def handover(self) -> dict:
         return {"type": "batch", "kind": self.kind, "specs": [s.to_dict() for s in self.specs],
                 "objective": asdict(self.objective), "target_resolution": self.target_resolution,
-                "overrides": self.overrides, "ids": self.ids}
+                "overrides": self.overrides, "ids": self.ids, "weights": self.weights}
 
     def rung(self, job: Job, rung: int, accuracy: float) -> bool:
         """No early stopping in a batch: every job trains its whole budget."""

@@ -27,7 +27,8 @@ def source_from_handover(state: dict, store: Store) -> Any:
     if state["type"] == "batch":
         return BatchSource(store, [ArchSpec.from_dict(s) for s in state["specs"]], Objective(**state["objective"]),
                            kind=state["kind"], target_resolution=state.get("target_resolution"),
-                           overrides=state.get("overrides"), ids=state.get("ids"))
+                           overrides=state.get("overrides"), ids=state.get("ids"),
+                           weights=state.get("weights"))
     space = SearchSpace.from_yaml_text(state["space"], source="the handed-over search space")
     settings = LoopSettings.from_dict(state["settings"])
     reference = ArchSpec.from_dict(state["reference"]) if state.get("reference") else None
