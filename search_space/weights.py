@@ -67,7 +67,9 @@ def save(model: nn.Module, spec: ArchSpec, path: str | Path) -> None:
     atomically (a killed process leaves the old file or the new one, never half of one).
 
     The model must be the network of `spec` (`WeightsError` otherwise), so that every
-    file written can be loaded back. Nothing is pickled.
+    file written can be loaded back. Nothing is pickled. A file that cannot be written (a
+    full disk, a missing folder) is the `OSError` itself: a fault of the machine, which
+    the caller reports (stage 2 keeps the run and says so in its message).
     """
     path = Path(path)
     if not isinstance(spec, ArchSpec):
@@ -78,10 +80,7 @@ def save(model: nn.Module, spec: ArchSpec, path: str | Path) -> None:
         raise WeightsError(f"weights {path}: the model is not the network of its spec ({problem})")
     metadata = {"format": FORMAT, "version": VERSION, "spec": spec.to_json()}
     data = _safetensors().torch.save(tensors, metadata=metadata)
-    try:
-        write_atomic(path, data)
-    except OSError as exc:
-        raise WeightsError(f"weights {path}: cannot write ({exc.strerror or exc})") from None
+    write_atomic(path, data)
 
 
 def read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -305,3 +305,42 @@ def test_undecided_stage2_adds_seeds_for_b0_and_the_reference_only_up_to_the_cap
         new = [r for r in st.trials("final") if r["extra"]["overrides"]["seed"] >= 100]
     assert {r["extra"]["overrides"]["seed"] for r in new} == set(range(100, 105))
     assert len(new) == 4 * 3 + 2 * 2
+
+
+def test_stage2_keeps_weights_of_b0_and_the_reference_and_best_loads_into_best_yaml(tmp_path, capsys):
+    """The real trainer, a few steps: stage 2 saves every run's weights, keeps B0's and the
+    reference's, copies B0's best run on search-validation to best.safetensors, which loads
+    strictly into best.yaml's network."""
+    import torch
+
+    from search_space import weights
+
+    out = tmp_path / "run"
+    assert main(["--target-flops", "400M", "--controller", "random", "--trials", "3", "--workers", "1",
+                 "--dataset", "digits", "--proxy-epochs", "0.1", "--final-epochs", "0.1", "--final-top-k", "2",
+                 "--final-seeds", "1", "--device", "cpu", "--no-tensorboard", "--no-scale", "--quiet",
+                 "--out", str(out)]) == 0
+    with Store.open(out) as st:
+        finals = st.trials("final")
+        cands = {r["key"] for r in finals}
+    md = (out / "final.md").read_text()
+    b0_label = next(line.split("|")[1].strip().removesuffix(" (B0)") for line in md.splitlines() if "(B0)" in line)
+    kept = sorted(p.name for p in (out / "weights").iterdir())
+    b0_name = b0_label.replace(" ", "-")
+    assert kept == sorted([f"{b0_name}-seed1.safetensors", "efficientnet-b0-seed1.safetensors"])
+    assert len(cands) == 3                                  # the other candidate's weights were deleted
+    b0_runs = [r for r in finals if r["key"] != zoo.get("efficientnet-b0").key() and
+               any(f"{b0_name}-seed{r['extra']['overrides']['seed']}" in k for k in kept)]
+    best_seed = max(b0_runs, key=lambda r: r["accuracy"])["extra"]["overrides"]["seed"]
+    assert (out / "best.safetensors").read_bytes() == (out / "weights" / f"{b0_name}-seed{best_seed}.safetensors").read_bytes()
+    model = weights.load_model(out / "best.yaml", out / "best.safetensors")
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_weights_that_cannot_be_written_leave_the_run_ok(tmp_path):
+    from nas.evaluate.train import train
+
+    budget = ProxyBudget(dataset="digits", resolution=32, epochs=0.1, device="cpu")
+    result = train(zoo.get("efficientnet-b0"), budget, weights_path=str(tmp_path / "missing" / "deeper" / "w.safetensors"))
+    assert result.status == "ok" and result.accuracy is not None
+    assert "weights not saved" in result.message
