@@ -183,6 +183,10 @@ def test_verify_trains_fresh_seeds_writes_the_table_and_resumes(run_dir, capsys)
     rc, _, _ = _run(capsys, "verify", str(run_dir), "--phi", "1-3", "--seeds", "3", "--quiet")
     with Store.open(run_dir) as st:
         assert rc == 0 and len(st.trials("verify")) == 13 * 3
+    # best.yaml changed since the family was derived (nas.final chose another B0): said, the family checked
+    SEARCHED.save(run_dir / "best.yaml")
+    rc, _, err = _run(capsys, "verify", str(run_dir), "--phi", "1", "--seeds", "3", "--no-progress")
+    assert rc == 0 and "is another network than the family's B0" in err
 
 
 KILLED_VERIFY = ("import sys, tests.kill_hooks as k; k.install(after_write={n}); "

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from nas.errors import UserError
 
-from .args import checked, cli_main, int_at_least, log, member_phis, number
+from .args import cli_main, log, member_phis
 from .final import parse_seeds
 from .options import DEFAULTS
 from .rundir import check_out_dir, open_run
@@ -43,12 +43,23 @@ def read_family(run: Path) -> dict[float, Any]:
                         f"{run / 'best.yaml'} --coefficients paper --out {run / 'family'}") from None
 
 
-def plan(run: Path, phis: Sequence[float]) -> list:
+def plan(run: Path, phis: Sequence[float], say: Callable[[str], None] = lambda m: None) -> list:
     """The networks of the check (`scaling.verify.Variant`s), B0 first; a one-line error when a
-    single dimension cannot match a member's multiply-adds."""
+    single dimension cannot match a member's multiply-adds. The family's B0 is the one checked;
+    `say` notes when the run's best.yaml has since become another network (`nas.final` chose
+    another B0 and the family was not derived again)."""
     from scaling.errors import ScalingError
     from scaling.verify import variants
+    from search_space.errors import SpecError
+    from search_space.spec import ArchSpec
     family = read_family(run)
+    try:
+        best = ArchSpec.load(run / "best.yaml") if (run / "best.yaml").is_file() else None
+    except SpecError:
+        best = None
+    if best is not None and best.key() != family[0.0].key():
+        say(f"note: {run / 'best.yaml'} is another network than the family's B0 ({run / 'family' / 'b0.yaml'}): "
+            f"the check runs on the family; derive it again from best.yaml to check that B0")
     try:
         return variants(family[0.0], family, phis)
     except ScalingError as exc:
@@ -141,8 +152,10 @@ def run_args(args: Any) -> int:
 
 
 def _main(args: Any) -> int:
-    from scaling.verify import DEFAULT_SEEDS
+    """The options were parsed (and typed) by `scaling/__main__.py`'s parser."""
+    from nas.final.plan import fresh_seeds
     from nas.store.store import Store
+    from scaling.verify import DEFAULT_SEEDS
 
     run = Path(args.run)
     check_out_dir(args.run, True, False)
@@ -154,19 +167,12 @@ def _main(args: Any) -> int:
     for name in ("device", "workers", "engine", "final_epochs", "final_resolution", "trial_timeout"):
         if getattr(args, name, None) is not None:
             given[name] = getattr(args, name)
-    checks = {"final_epochs": number("--final-epochs", 0, strict=True),
-              "final_resolution": int_at_least("--final-resolution", 8), "workers": int_at_least("--workers", 0),
-              "trial_timeout": number("--trial-timeout", 0, strict=True)}
-    for name, parse in checks.items():
-        if name in given:
-            given[name] = checked(parse, given[name])
     opts = {**DEFAULTS, **stored, **given}
     count, listed = parse_seeds(str(args.seeds if args.seeds is not None else DEFAULT_SEEDS), int(opts["seed"]))
     if count == "auto":
         raise UserError("--seeds auto is stage 2's sequential design; give a count such as 3 or a list such as 4,5,6")
-    items = plan(run, phis)
+    items = plan(run, phis, say=lambda m: log(opts, m))
     setup = validate(opts, set(given), stored)
-    from nas.final.plan import fresh_seeds
     seeds = listed or fresh_seeds(int(opts["seed"]), int(count))
     with open_run(run, "scaling verify", AGAIN) as store:
         summary = verify(setup, store, run, items, seeds, say=lambda m: log(opts, m))

@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 
 from nas.search.objective import Objective
 
-ALPHA = 0.05  # the significance level of the verdict's words
+from scaling.stats import SIGNIFICANCE as ALPHA  # the significance level of the verdict's words
 POWER = 0.8   # "seeds to tell": the chance of detecting a difference the size of the one seen
 SEEDS_CAP = 64  # ... searched up to this many seeds per architecture
 
@@ -44,19 +44,11 @@ def choose(candidates: Sequence[Any], val_rows: Sequence[Sequence[dict]], object
 
 
 def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict:
-    """mean(a) − mean(b), its `level` confidence interval and Welch's two-sided p-value."""
-    from scipy import stats
-
-    sa, sb = _stats(a), _stats(b)
-    diff = sa["mean"] - sb["mean"]
-    va, vb = sa["sd"] ** 2 / sa["n"], sb["sd"] ** 2 / sb["n"]
-    se = math.sqrt(va + vb)
-    if se == 0.0:  # no spread at all: equal means are no difference, unequal ones are certain
-        return {"diff": diff, "low": diff, "high": diff, "p": 1.0 if diff == 0 else 0.0, "df": float("inf")}
-    df = (va + vb) ** 2 / ((va ** 2 / (sa["n"] - 1) if sa["n"] > 1 else 0) + (vb ** 2 / (sb["n"] - 1) if sb["n"] > 1 else 0))
-    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
-    p = float(stats.ttest_ind(list(a), list(b), equal_var=False).pvalue)
-    return {"diff": diff, "low": diff - half, "high": diff + half, "p": p, "df": df}
+    """mean(a) − mean(b), its `level` confidence interval and Welch's two-sided p-value: the
+    one Welch test of the project (`scaling.stats.welch_test`, which scaling's grid and
+    verify use too); at least two values a side."""
+    from scaling.stats import welch_test
+    return welch_test(a, b, level)
 
 
 def seeds_to_tell(diff: float, sd_a: float, sd_b: float, power: float = POWER, alpha: float = ALPHA,
@@ -83,9 +75,8 @@ def seeds_to_tell(diff: float, sd_a: float, sd_b: float, power: float = POWER, a
 
 def words(test: dict, threshold: float = ALPHA) -> str:
     """The words a test allows: "better"/"worse" when its p-value is below `threshold`."""
-    if test["p"] < threshold:
-        return "better" if test["diff"] > 0 else "worse"
-    return "no significant difference"
+    from scaling.stats import verdict_words
+    return verdict_words(test, threshold)
 
 
 def summarize(candidates: Sequence[Any], seeds: Sequence[int], records: Sequence[Optional[dict]],
