@@ -8,7 +8,6 @@ Exit status 0 with a verdict, 1 without one, 2 for bad input.
 """
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -100,8 +99,6 @@ def _main(args: Any) -> int:
             given[name] = getattr(args, name)
     if args.top_k is not None:
         given["final_top_k"] = args.top_k
-    if args.final_epochs is not None and not math.isfinite(args.final_epochs):
-        raise UserError(f"--final-epochs must be a positive number, got {args.final_epochs:g}")
     opts = {**DEFAULTS, **stored, **given}
     if args.seeds is not None:
         opts["final_seeds"], opts["_final_seed_list"] = parse_seeds(args.seeds, int(opts["seed"]))

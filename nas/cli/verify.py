@@ -98,10 +98,7 @@ def verify(setup: Setup, store: Any, out: Path, items: Sequence[Any], seeds: Seq
     progress = Progress(len(jobs), done=stored, kind=KIND, enabled=show_progress(opts))
     source = BatchSource(store, [spec for spec, _ in jobs.values()], setup.settings.objective, kind=KIND,
                          listeners=[progress], overrides=[f for _, f in jobs.values()], ids=list(jobs))
-    try:
-        setup.engine.run(source, dataclasses.replace(setup.ctx, budget=final, per_spec_resolution=False))
-    finally:
-        progress.close()
+    source.run(setup.engine, dataclasses.replace(setup.ctx, budget=final, per_spec_resolution=False))
     records = {i: store.trial(KIND, i) for i in jobs}
     summary = summarize(items, [[records[i] for i in ids if records[i] is not None] for ids in per_item])
     write_outputs(summary, out, final, say)

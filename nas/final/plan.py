@@ -152,13 +152,7 @@ def run(store: Any, candidates: Sequence[Candidate], seeds: Sequence[int], engin
         log(f"stage 2: {what} x {len(batch_seeds)} fresh seeds {list(batch_seeds)}, {ctx.budget.epochs:g} epochs "
             f"at {ctx.budget.resolution}px, scored on search-validation and test"
             + (f" ({stored} of {len(source.jobs)} runs already stored)" if stored else ""))
-        try:
-            engine.run(source, ctx)
-        finally:
-            for listener in source.listeners:
-                close = getattr(listener, "close", None)
-                if callable(close):
-                    close()
+        source.run(engine, ctx)
         return source
 
     records = train(candidates, seeds, f"{len(candidates)} architectures").records()

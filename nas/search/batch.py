@@ -102,6 +102,17 @@ class BatchSource(RecordWriter):
             self.in_flight.pop(job.name, None)
             return self.write(rec)
 
+    def run(self, engine: Any, ctx: Any) -> None:
+        """Train what is missing on `engine`; afterwards, however it ends, close the
+        listeners that have a `close()` (progress lines)."""
+        try:
+            engine.run(self, ctx)
+        finally:
+            for listener in self.listeners:
+                close = getattr(listener, "close", None)
+                if callable(close):
+                    close()
+
     def results(self) -> list[TrialResult]:
         out = []
         for row in self.records():

@@ -53,13 +53,7 @@ def run_grid(store: Any, b0: Any, candidates: Sequence[tuple], engine: Any, ctx:
         extra = listeners(len(runs), stored) if listeners else []
         source = BatchSource(store, [spec for spec, _ in runs], objective, kind=kind, listeners=extra,
                              overrides=[{"seed": s} for _, s in runs], ids=ids)
-        try:
-            engine.run(source, ctx)
-        finally:
-            for listener in extra:
-                close = getattr(listener, "close", None)
-                if callable(close):
-                    close()
+        source.run(engine, ctx)
         return source.results()
 
     return grid_search(b0, evaluate, candidates, seeds=seeds)
