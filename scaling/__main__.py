@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=128)
     g.add_argument("--dataset", default="mnist5k", help="proxy dataset (default mnist5k, built in)")
     g.add_argument("--data-dir", default=None)
+    g.add_argument("--proxy-images", default=None, metavar="N",
+                   help="a stratified, fixed subset: N images or N/class (default: all; as in nas.search)")
+    g.add_argument("--test-data-dir", default=None, metavar="DIR",
+                   help="imagefolder: the held-out folder of the run (--data-dir is then searched whole)")
+    g.add_argument("--cache-dir", default=None, metavar="DIR", help="the proxy-data cache folder (as in nas.search)")
+    g.add_argument("--skip-bad-images", action="store_true", help="leave unreadable image files out")
     g.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     g.add_argument("--seed", type=int, default=0, help="the first training seed (default 0)")
     g.add_argument("--seeds", type=int, default=DEFAULT_GRID_SEEDS,
@@ -280,20 +286,21 @@ def _check_budget_args(args) -> None:
         raise ScalingError(f"--proxy-steps must be >= 1, got {args.proxy_steps}")
     if str(args.dataset).lower() not in DATASETS:
         raise ScalingError(f"--dataset {args.dataset!r}: expected one of {', '.join(DATASETS)}")
-    if args.data_dir and not Path(args.data_dir).is_dir():
-        raise ScalingError(f"--data-dir {args.data_dir}: no such folder")
+    for flag, folder in (("--data-dir", args.data_dir), ("--test-data-dir", args.test_data_dir)):
+        if folder and not Path(folder).is_dir():
+            raise ScalingError(f"{flag} {folder}: no such folder")
     resolve(args.device, "--device")
 
 
 def cmd_grid(args) -> int:
     b0 = load_baseline(args.spec)
     from nas.cli.args import parse_count
-    from nas.evaluate.budget import ProxyBudget
+    from nas.evaluate.budget import ProxyBudget, data_fields
     _check_budget_args(args)
     target = parse_count(args.target_flops, "--target-flops") if args.target_flops is not None else None
     budget = ProxyBudget(dataset=args.dataset, data_dir=args.data_dir, resolution=args.proxy_resolution,
                          target_resolution=b0.resolution, epochs=args.proxy_epochs, steps=args.proxy_steps,
-                         batch_size=args.batch_size, device=args.device, seed=args.seed)
+                         batch_size=args.batch_size, device=args.device, seed=args.seed, **data_fields(vars(args)))
     result = run_grid(b0, args.out, budget, target, args.step, args.tol, args.alpha_range, args.beta_range,
                       args.gamma_range, args.workers, args.max_candidates, seeds=args.seeds)
     rows = [{k: v for k, v in r.items() if k != "spec"} for r in result.rows]

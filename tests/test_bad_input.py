@@ -23,6 +23,10 @@ def _files(tmp):
                                          "    - {host: 10.0.0.2, user: me, sshKeyFile: ~/.ssh/id_rsa}\n")
     (tmp / "nni_gpu.yaml").write_text("trialGpuNumber: 1\ntrainingService: {platform: local}\n")
     (tmp / "nni_field.yaml").write_text("trainingService: {platform: local}\nwarpFactor: 9\n")
+    for folder, classes in (("train", ("ant", "bee")), ("val", ("ant", "wasp"))):
+        for c in classes:  # listed, never decoded: the check of the class folders comes first
+            (tmp / folder / c).mkdir(parents=True)
+            (tmp / folder / c / "0.png").write_bytes(b"x")
     ro = tmp / "readonly"
     ro.mkdir()
     os.chmod(ro, 0o555)
@@ -88,6 +92,17 @@ CASES = [
     ("final seeds not a number", ["--target-flops", "400M", "--final-seeds", "three"], "--final-seeds"),
     ("final epochs 0", ["--target-flops", "400M", "--final-epochs", "0"], "--final-epochs"),
     ("final resolution too small", ["--target-flops", "400M", "--final-resolution", "4"], "--final-resolution"),
+    ("proxy images not a number", ["--target-flops", "400M", "--proxy-images", "lots"], "--proxy-images"),
+    ("proxy images 1", ["--target-flops", "400M", "--proxy-images", "1/class"], "--proxy-images"),
+    ("missing test data dir", ["--target-flops", "400M", "--dataset", "imagefolder", "--data-dir", "{tmp}/train",
+                               "--test-data-dir", "{tmp}/noval"], "--test-data-dir {tmp}/noval: no such folder"),
+    ("test folder of other classes", ["--target-flops", "400M", "--dataset", "imagefolder", "--data-dir",
+                                      "{tmp}/train", "--test-data-dir", "{tmp}/val"],
+     "class folders differ from --data-dir's (missing: bee; not in --data-dir: wasp)"),
+    ("test data dir of another dataset", ["--target-flops", "400M", "--test-data-dir", "{tmp}/val"],
+     "--test-data-dir is for --dataset imagefolder"),
+    ("cache dir cannot be created", ["--target-flops", "400M", "--cache-dir", "{tmp}/afile/cache"],
+     "--cache-dir {tmp}/afile/cache: cannot create it"),
 ]
 
 
@@ -107,7 +122,7 @@ def test_bad_input(tmp_path, capsys, name, argv, words):
     assert rc == 2, cap.err
     assert len(lines) == 1, cap.err
     assert "Traceback" not in cap.err and cap.out == ""
-    assert words.lower() in lines[0].lower(), lines[0]
+    assert words.replace("{tmp}", str(tmp_path)).lower() in lines[0].lower(), lines[0]
     assert lines[0].startswith("effnas-search: error: ")
     assert not out_default.exists()
     if "--resume" not in argv:

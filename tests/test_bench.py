@@ -39,6 +39,25 @@ def test_engine_overhead_bench(tmp_path):
 def test_proxy_train_bench(tmp_path):
     f = _figures("proxy_train.py", tmp_path)
     assert f["nas_train_images_per_sec"] > 0 and f["hand_loop_images_per_sec"] > 0 and f["ratio"] > 0
+    # the fp32 / bf16 study: peak, per-architecture rates, rank fidelity, and a decision that follows its rule
+    p = f["precision_study"]
+    assert p["gemm_gflops"]["fp32"] > 0 and p["gemm_gflops"]["bf16"] > 0
+    table = p["speed"]["table"]
+    assert [e["arch"] for e in table] == ["efficientnet-b0", "random-1", "random-2"]
+    import dataclasses
+
+    from search_space import zoo
+    from search_space.cost import macs
+    assert table[0]["macs_per_image"] == macs(dataclasses.replace(zoo.get("efficientnet-b0"), num_classes=10), 32)
+    for e in table:
+        for prec in ("fp32", "bf16"):
+            assert e[prec]["images_per_sec"] > 0 and 0 < e[prec]["of_peak"] < 1
+        assert abs(e["bf16_speedup"] - e["bf16"]["images_per_sec"] / e["fp32"]["images_per_sec"]) < 0.01
+    fid = p["fidelity"]
+    assert fid["archs"] == 3 and fid["seeds"] == [0, 1] and fid["failed_archs"] == []
+    for key in ("tau_fp32_bf16", "tau_seed_noise"):
+        assert fid[key] is None or -1 <= fid[key] <= 1
+    assert p["bf16_cpu_default"] == (p["faster"] and fid["faithful"])
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="NNI's local service is tested on Linux")
@@ -75,3 +94,37 @@ def test_fidelity_bench(tmp_path):
         if r["arm"] == "prefilter":
             assert r["considered"] == 3 * r["trained"]
     assert f["arms"]["asha"]["trained_vs_base"] > 1 and f["arms"]["prefilter"]["considered_vs_base"] == 3
+
+
+def test_decode_bench(tmp_path):
+    f = _figures("decode.py", tmp_path, "--resolutions", "64")
+    row = f["resolutions"]["64"]["backends"]
+    assert {"pillow", "pillow-draft", "pillow+torch"} <= set(row) and row["pillow"]["vs_pillow"] == 1.0
+    assert all(b["images_per_s"] > 0 for b in row.values()) and row["pillow"]["mad"] == 0
+    # every backend lands within a few grey levels of plain Pillow (the geometry is the same)
+    assert all(b["mad"] < 3 for b in row.values()) and f["resolutions"]["64"]["filter_yardstick"] > 0
+
+
+def test_data_bench(tmp_path):
+    f = _figures("data.py", tmp_path, "--data-root", str(tmp_path / "data"))
+    assert f["build_64px"]["one_core"]["images"] > 0 and f["build_64px"]["one_core"]["images_per_s"] > 0
+    assert set(f["feed"]) == set(f["baseline"]) == {"64", "128"} and min(f["feed"].values()) > 0
+    assert f["trainer"]["fp32"] > 0 and f["trainer"]["bf16"] > 0
+    assert all(u["uss_mb"] > 0 and u["epoch_images"] > 0 for u in f["uss"].values())
+    peers = f["uss_peers"]  # workers started at once all read their epoch, then measured
+    assert peers["workers"] >= 2 and all(peers[n]["epoch_images"] > 0 for n in f["uss"])
+    hit = f["cache_hit"]  # the second run found the entry: no image file opened, nothing rebuilt
+    assert hit["image_files_opened"] == 0 and hit["rebuilt"] is False and hit["train_images"] > 0
+    assert hit["hook_sees_a_decode"] is True  # ... and the counter would have seen one
+    assert not any((tmp_path / "data").glob("caches-*"))  # its cache entries are removed afterwards
+
+
+def test_oneshot_bench(tmp_path):
+    f = _figures("oneshot.py", tmp_path)
+    runs = {r["paradigm"]: r for r in f["runs"]}
+    assert set(runs) == {"pertrial", "oneshot"} and all(r["rc"] == 0 and r["wall_s"] > 0 for r in runs.values())
+    assert runs["pertrial"]["evaluated"] == 6 and runs["oneshot"]["evaluated"] == 40
+    for r in runs.values():  # stage 2 judged each paradigm's B0 against EfficientNet-B0 on test
+        assert 0 < r["b0_test"] <= 1 and 0 < r["reference_test"] <= 1
+        assert abs(r["delta"] - (r["b0_test"] - r["reference_test"])) < 1e-12
+    assert f["paradigms"]["oneshot"]["evaluated"]["mean"] == 40 and f["wall_ratio"]["n"] == 1

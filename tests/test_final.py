@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from nas.evaluate import data as D
+from nas.evaluate import splits
 from nas.cli import final as FC
 from nas.final import plan as F
 from nas.final import report as R
@@ -31,31 +33,33 @@ ROOT = Path(__file__).resolve().parents[1]
 # -- the split --------------------------------------------------------------------------------
 def test_test_part_is_disjoint_stratified_and_fixed_across_search_seeds():
     labels = np.repeat(np.arange(10), [480, 520, 500, 510, 490, 500, 505, 495, 500, 500])
-    search0, test0 = D.parts(labels, seed=0)
-    search1, test1 = D.parts(labels, seed=1)
-    assert np.array_equal(test0, test1) and np.array_equal(search0, search1)
+    search0, test0 = splits.parts(labels)
     assert len(test0) == 1000 and not set(test0) & set(search0) and len(test0) + len(search0) == len(labels)
     for c in range(10):  # 20 % of every class
         assert (labels[test0] == c).sum() == round(0.2 * (labels == c).sum())
-    train, val = D.split(labels[search0], 0.2, seed=0)
+    train, val = splits.split(labels[search0], 0.2, seed=0)
     assert not set(train) & set(val) and len(train) + len(val) == len(search0)
-    capped0, capped_test = D.parts(labels, max_images=500, seed=0)
+    capped0, capped_test = splits.parts(labels, max_images=500)
     assert set(capped_test) <= set(test0) and not set(capped0) & set(test0)
-    assert np.array_equal(capped_test, D.parts(labels, max_images=500, seed=7)[1])
+    assert len(capped0) == 500 and len(capped_test) == 100
 
 
 def test_search_data_holds_no_test_part_and_stage2_data_does():
     search = D.load(ProxyBudget(dataset="digits", resolution=8, seed=0))
-    assert search.test_x is None and search.test_y is None
+    assert not search.has_test
     with pytest.raises(ValueError, match="no test part"):
         next(search.val_batches(part="test"))
     a = D.load(ProxyBudget(dataset="digits", resolution=8, seed=0, test=True))
     b = D.load(ProxyBudget(dataset="digits", resolution=8, seed=3, test=True))
-    assert a.test_x.shape[0] == 359 and a.train_x.shape[0] + a.val_x.shape[0] == 1797 - 359
-    assert torch_equal(a.test_y, b.test_y)                          # the same test images whatever the seed
-    assert torch_equal(a.train_y, search.train_y)                  # and the search part unchanged by test=True
-    train_rows = {tuple(r) for r in a.train_x.flatten(1).tolist()}
-    assert not any(tuple(r) in train_rows for r in a.test_x.flatten(1).tolist()[:50])
+    assert a.part_size("test") == 359 and a.n_train + a.n_val == 1797 - 359
+    test_a, test_b = (torch.cat([x for x, _ in d.val_batches(512, "test")]) for d in (a, b))
+    test_y = torch.cat([y for _, y in a.val_batches(512, "test")])
+    assert torch_equal(test_y, torch.cat([y for _, y in b.val_batches(512, "test")]))
+    assert torch_equal(a.test.images, b.test.images)               # the same test images whatever the seed
+    assert torch_equal(a.train_labels(), search.train_labels())    # and the search part unchanged by test=True
+    train_rows = {tuple(r) for r in torch.cat(list(a.calibration_batches(a.n_train, 512))).flatten(1).tolist()}
+    assert not any(tuple(r) in train_rows for r in test_a.flatten(1).tolist()[:50])
+    assert test_b.shape == test_a.shape
 
 
 def torch_equal(x, y):

@@ -76,7 +76,7 @@ def test_lr_schedule_warmup_then_decay():
 def test_bn_recalibration_uses_training_statistics(digits):
     net = torch.nn.Sequential(torch.nn.BatchNorm2d(3))
     T.recalibrate_bn(net, digits, batch=100, bf16=False, channels_last=False, images=500)
-    expected = digits.train_x[:500].mean(dim=(0, 2, 3))
+    expected = torch.cat(list(digits.calibration_batches(500, 128))).mean(dim=(0, 2, 3))
     assert torch.allclose(net[0].running_mean, expected, atol=1e-5)
     assert net[0].momentum == 0.1
 

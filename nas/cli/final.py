@@ -89,7 +89,8 @@ def _main(args: Any) -> int:
     check_out_dir(args.run, True, False)
     with Store.open(args.run) as st:
         stored = st.config
-        if not st.count("search"):
+        kind = "oneshot" if stored.get("strategy") == "oneshot" else "search"
+        if not st.count(kind):
             raise UserError(f"{args.run}: the run has no trained search trial yet; finish the search first")
     given = {"out": args.run, "resume": True, "quiet": args.quiet, "no_progress": args.no_progress}
     if args.max_seeds is not None:
@@ -115,7 +116,7 @@ def _main(args: Any) -> int:
     out = Path(args.run)
     with open_run(out, "stage 2", AGAIN) as store:
         summary = stage2(setup, store, out)
-        best = stage2_best(store, summary)
+        best = stage2_best(store, summary, setup.settings.kind)
         if best is not None:
             write_outputs(store, out, setup, best, store.trial("reference", 0), summary)
         print(final_text(summary, setup))

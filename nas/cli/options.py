@@ -22,12 +22,13 @@ from typing import Any, Sequence
 
 from nas.engines.protocol import DEFAULT_EVALUATOR
 from nas.errors import UserError
-from nas.evaluate.budget import ProxyBudget
+from nas.evaluate.budget import ProxyBudget, parse_subset
 from nas.final import plan as final_plan
 from nas.final import sequential
 from nas.search.asha import AshaSettings
 from nas.search.objective import DEFAULT_PRESET
 from nas.search.settings import CostWindow, StopRule
+from nas.supernet import oneshot as oneshot_defaults
 from scaling import grid as scaling_grid
 from scaling import verify as scaling_verify
 from search_space.fileio import yaml_line
@@ -46,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "target_flops": None, "reward": DEFAULT_PRESET, "alpha": None, "beta": None,
     "controller": "predictor", "trials": StopRule.trials, "workers": 0, "device": "auto",
     "workers_per_gpu": 1, "dataset": _B.dataset, "data_dir": None, "download": False,
+    "proxy_images": None, "test_data_dir": None, "cache_dir": None, "skip_bad_images": False,
     "proxy_epochs": float(_B.epochs), "proxy_resolution": _B.resolution, "target_resolution": _B.target_resolution,
     "batch_size": _B.batch_size,
     "space": None, "config": None, "out": DEFAULT_OUT, "seed": 0, "resume": False, "overwrite": False,
@@ -61,16 +63,49 @@ DEFAULTS: dict[str, Any] = {
     "target_latency": None, "latency_device": "cpu", "latency_batch": 1, "latency_threads": 1, "latency_table": None,
     "early_stop": "off", "eta": _ASHA.eta, "min_fraction": str(Fraction(_ASHA.min_fraction).limit_denominator(1000)), "prefilter": "none", "prefilter_ratio": 1,
     "max_epochs": StopRule.max_epochs,
+    "strategy": "pertrial", "supernet": None, "supernet_epochs": oneshot_defaults.SUPERNET_EPOCHS,
+    "score_images": oneshot_defaults.SCORE_IMAGES,
 }
+STRATEGIES = ("pertrial", "oneshot")
 
 # Options that define *what* is searched: a resumed run must keep them.
 IDENTITY = ("target_flops", "reward", "alpha", "beta", "controller", "seed", "space_text", "dataset",
+            "proxy_images", "test_data_dir",
             "proxy_epochs", "proxy_resolution", "target_resolution", "batch_size", "cost_window",
             "evaluator", "reference", "target_latency", "latency_device", "latency_batch", "latency_threads",
-            "early_stop", "eta", "min_fraction", "prefilter", "prefilter_ratio")
+            "early_stop", "eta", "min_fraction", "prefilter", "prefilter_ratio",
+            "strategy", "supernet", "supernet_epochs", "score_images")
 
 # Options that only steer *how* the run goes or what is written: may change on resume.
 NOT_RECORDED = ("config", "resume", "overwrite")
+
+
+def proxy_images(text: str) -> str:
+    """The argparse type of `--proxy-images`: checked, kept as text (`20000`, `200/class`)."""
+    try:
+        max_images, per_class = parse_subset(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return "all" if max_images is None and per_class is None else (f"{per_class}/class" if per_class else str(max_images))
+
+
+def add_data_options(group: Any) -> None:
+    """--proxy-images, --test-data-dir, --cache-dir, --skip-bad-images: which images, and the
+    proxy-data cache (every command that trains has them)."""
+    group.add_argument("--proxy-images", type=proxy_images, metavar="N",
+                       help="a stratified, fixed subset of the dataset for the search: N images in its class "
+                            "proportions (e.g. 20000 or 20k), or N/class; the test part is capped at 20%% of it "
+                            "(default: all)")
+    group.add_argument("--test-data-dir", metavar="DIR",
+                       help="imagefolder: a held-out folder with the same class subfolders (e.g. ImageNet val/) "
+                            "as the test part; --data-dir is then searched whole (default: 20%% of --data-dir)")
+    group.add_argument("--cache-dir", metavar="DIR",
+                       help="the proxy-data cache (decoded, resized images shared by every run on this machine) "
+                            "(default: $EFFNAS_CACHE_DIR, else $XDG_CACHE_HOME/effnas/proxy-data, else "
+                            "~/.cache/effnas/proxy-data)")
+    group.add_argument("--skip-bad-images", action="store_true",
+                       help="leave unreadable or truncated image files out, counted and named in one line "
+                            "(default: the first one is an error)")
 
 
 def add_final_budget(group: Any, what: str) -> None:
@@ -114,8 +149,9 @@ def build_parser(with_nni: bool = True) -> argparse.ArgumentParser:
                         f"random, or predictor (an MLP ensemble fitted on the results so far; "
                         f"BANANAS-style) (default: {d['controller']}; see docs/controllers.md)")
     g.add_argument("--trials", type=positive_int("--trials"),
-                   help=f"architectures to train (cost-only and cached proposals do not count) "
-                        f"(default: {d['trials']})")
+                   help=f"architectures to train, or with --strategy oneshot to score (cost-only and cached "
+                        f"proposals do not count) (default: {d['trials']}; oneshot: "
+                        f"{oneshot_defaults.TRIALS})")
     g.add_argument("--cost-window", metavar="LO,HI",
                    help=f"train only architectures with LO*T <= MACs <= HI*T; the others get a reward from cost "
                         f"alone, recorded as 'skipped' (default: {d['cost_window']}: nothing above the target)")
@@ -129,6 +165,7 @@ def build_parser(with_nni: bool = True) -> argparse.ArgumentParser:
                                      f"(default: {d['dataset']})")
     g.add_argument("--data-dir", metavar="DIR", help="where cifar*/imagefolder data live (default: none)")
     g.add_argument("--download", action="store_true", help="fetch cifar10/cifar100 into --data-dir if missing")
+    add_data_options(g)
     g.add_argument("--proxy-epochs", type=number("--proxy-epochs", 0, strict=True),
                    help=f"epochs per trial, may be fractional (default: {d['proxy_epochs']:g})")
     g.add_argument("--proxy-resolution", type=int_at_least("--proxy-resolution", 8),
@@ -175,6 +212,19 @@ def build_parser(with_nni: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--max-epochs", type=number("--max-epochs", 0), metavar="E",
                    help="stop starting trials once E epochs are trained across the search's trials (stopped "
                         "trials count their fraction; 0 = no limit, the default)")
+    g = p.add_argument_group("one-shot search: one weight-sharing supernet, sub-networks scored with its weights")
+    g.add_argument("--strategy", choices=STRATEGIES,
+                   help=f"pertrial: train every architecture (the proxy); oneshot: train one supernet (phase 1, "
+                        f"into --out/supernet), then score --trials sub-networks with inherited weights; stage 2 "
+                        f"trains the top-k from scratch either way (default: {d['strategy']}; docs/supernet.md)")
+    g.add_argument("--supernet", metavar="DIR",
+                   help="--strategy oneshot: a trained supernet folder to reuse instead of phase 1 (e.g. "
+                        "RUN/supernet): its space must be the search's and its data the proxy's")
+    g.add_argument("--supernet-epochs", type=number("--supernet-epochs", 0, strict=True), metavar="E",
+                   help=f"--strategy oneshot: epochs of phase 1's supernet training (default: {d['supernet_epochs']:g})")
+    g.add_argument("--score-images", type=positive_int("--score-images"), metavar="N",
+                   help=f"--strategy oneshot: search-validation images each sub-network is scored on "
+                        f"(default: {d['score_images']})")
     g = p.add_argument_group("stage 2: retrain the best on fresh seeds, judge on the test part")
     g.add_argument("--no-final", action="store_true", help="skip stage 2 (B0 is then the search's best)")
     g.add_argument("--final-top-k", type=positive_int("--final-top-k"),
@@ -282,6 +332,8 @@ def parse(argv: Sequence[str] | None = None) -> tuple[dict[str, Any], set[str]]:
         if action.dest not in opts and action.dest != "help" and action.default is not argparse.SUPPRESS:
             opts[action.dest] = action.default
     opts.update(merged)
+    if opts.get("strategy") == "oneshot" and "trials" not in names:
+        opts["trials"] = oneshot_defaults.TRIALS  # scoring is cheap: thousands (docs/supernet.md)
     return opts, names
 
 
@@ -325,6 +377,13 @@ def _norm(key: str, v: Any) -> Any:
             return round(float(Fraction(str(v))), 12)
         except (ValueError, ZeroDivisionError):
             return v
+    if key == "proxy_images":
+        try:
+            return parse_subset(v)
+        except UserError:
+            return v
+    if key in ("test_data_dir", "supernet") and v:
+        return str(Path(v).resolve())
     if key in ("dataset", "reference", "latency_device") and isinstance(v, str):
         return v.lower()
     if isinstance(v, (list, tuple)):

@@ -19,16 +19,16 @@ from typing import Any, Optional, Sequence
 
 from nas.errors import UserError
 from nas.evaluate.budget import ProxyBudget
-from nas.proxy.check import (KIND, REF_KIND, batch_source, budgets, collect, cost_of, proxy_seeds,
-                             zero_cost_scores)
+from nas.proxy.check import (INHERITED, KIND, REF_KIND, batch_source, budgets, collect, cost_of, inherited_scores,
+                             proxy_seeds, zero_cost_scores)
 from nas.proxy.report import markdown, summary_words, to_json, write_outputs
 from nas.proxy.sampling import sample_architectures
 from nas.proxy.stats import analyze
 
 from .args import MAX_SEED, Parser, cli_main, count, int_at_least, log, number, parse_window, positive_int
-from .options import DEFAULTS, add_final_budget
+from .options import DEFAULTS, add_data_options, add_final_budget
 from .rundir import check_out_dir, open_run
-from .setup import build_engine, check_evaluator, check_resolutions, load_space, trial_device
+from .setup import build_engine, check_data_options, check_evaluator, check_resolutions, load_space, trial_device
 
 AGAIN = "continue with --resume --out {out}"
 PROG = "nas.proxy"
@@ -40,14 +40,15 @@ DB_FILES = ("search.db", "search.db-wal", "search.db-shm")
 
 def _defaults() -> dict[str, Any]:
     b = ProxyBudget()
-    return {"target_flops": None, "space": None, "dataset": b.dataset, "data_dir": None,
+    return {"target_flops": None, "space": None, "dataset": b.dataset, "data_dir": None, "proxy_images": None,
+            "test_data_dir": None, "cache_dir": None, "skip_bad_images": False,
             "proxy_epochs": float(b.epochs), "proxy_resolution": b.resolution, "batch_size": b.batch_size,
             "target_resolution": b.target_resolution, "cost_window": DEFAULTS["cost_window"], "seed": 0,
             "final_epochs": DEFAULTS["final_epochs"], "final_resolution": None, "device": "auto", "workers": 0,
             "engine": "local", "evaluator": DEFAULTS["evaluator"], "trial_timeout": DEFAULTS["trial_timeout"], "k": 24,
             "seeds": 2,
             "scores": "all", "bootstrap": 2000, "out": DEFAULT_OUT, "resume": False, "overwrite": False,
-            "quick": False, "json": False, "no_progress": False, "quiet": False}
+            "quick": False, "json": False, "no_progress": False, "quiet": False, "proxy": "trial", "supernet": None}
 
 
 # --quick: a smoke test that finishes in about a minute on 2 cores (CI); its τ decides nothing.
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"resolution at which MACs are counted (default: {d['target_resolution']})")
     g.add_argument("--dataset", help=f"mnist5k, digits, cifar10, cifar100, imagefolder (default: {d['dataset']})")
     g.add_argument("--data-dir", metavar="DIR", help="where cifar*/imagefolder data live (default: none)")
+    add_data_options(g)
     g.add_argument("--proxy-epochs", type=number("--proxy-epochs", 0, strict=True),
                    help=f"epochs of the proxy budget (default: {d['proxy_epochs']:g})")
     g.add_argument("--proxy-resolution", type=int_at_least("--proxy-resolution", 8),
@@ -89,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scores", metavar="LIST",
                    help="zero-cost scores: all, none or a comma list of naswot, synflow, grad_norm, snip, params, "
                         f"macs (default: {d['scores']})")
+    g.add_argument("--proxy", choices=("trial", "supernet"),
+                   help="trial: the per-trial proxy alone; supernet: also the one-shot search's score (accuracy "
+                        "with a supernet's inherited weights, --supernet) of every architecture, sampled from the "
+                        f"supernet's space (default: {d['proxy']})")
+    g.add_argument("--supernet", metavar="DIR",
+                   help="--proxy supernet: the trained supernet folder (e.g. RUN/supernet of a one-shot search)")
     g.add_argument("--bootstrap", type=int_at_least("--bootstrap", 100),
                    help=f"bootstrap resamples of the intervals (default: {d['bootstrap']})")
     g.add_argument("--evaluator", metavar="MODULE:FUNC", help=f"the trainer (default: {d['evaluator']})")
@@ -163,7 +171,16 @@ def validate(opts: dict, given: set, stored: Optional[dict] = None) -> Setup:
     target = int(opts["target_flops"])
     window = parse_window(opts["cost_window"])
     _check_out(opts["out"], bool(opts.get("resume")), bool(opts.get("overwrite")))
-    space = load_space(opts, given, stored, what="check")
+    if opts.get("proxy") == "supernet":
+        if not opts.get("supernet"):
+            raise UserError("--proxy supernet needs --supernet DIR (a trained supernet folder)")
+    elif opts.get("supernet"):
+        raise UserError("--supernet goes with --proxy supernet")
+    if opts.get("proxy") == "supernet" and not opts.get("space") and stored is None:
+        space = _supernet_space(opts["supernet"])  # the supernet's own: its architectures are the sample
+        opts["space_text"] = space.to_yaml()
+    else:
+        space = load_space(opts, given, stored, what="check")
     check_resolutions(opts, space, ("proxy_resolution", "final_resolution"))
     try:
         scores = zero_cost.parse_names(opts["scores"])
@@ -183,13 +200,27 @@ def validate(opts: dict, given: set, stored: Optional[dict] = None) -> Setup:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     proxy, reference = budgets(opts)
+    check_data_options(proxy)
+    if opts.get("proxy") == "supernet":
+        from nas.supernet.oneshot import check_reuse
+        check_reuse(opts["supernet"], space, proxy)
+        scores = [s for s in scores if s != INHERITED] + [INHERITED]
     data = None
     if opts["evaluator"] == _defaults()["evaluator"] or any(s in zero_cost.NEEDS_DATA or s == "synflow"
                                                              for s in scores):
         from nas.evaluate import data as D
-        data = D.load_checked(proxy)
+        data = D.load_checked(proxy, progress=not (opts.get("no_progress") or opts.get("quiet")))
     return Setup(opts=opts, specs=specs, proxy=proxy, reference=reference, seeds=proxy_seeds(opts), scores=scores,
                  engine=engine, data=data)
+
+
+def _supernet_space(folder: str) -> Any:
+    """The search space a trained supernet was trained over (`--proxy supernet` without --space)."""
+    from nas.supernet.checkpoint import read_config
+    from search_space.space import SearchSpace
+    if not Path(folder).is_dir():
+        raise UserError(f"--supernet {folder}: no such folder")
+    return SearchSpace.from_yaml_text(read_config(Path(folder))["space"], source=f"the supernet's space ({folder})")
 
 
 def _record(opts: dict) -> dict:
@@ -255,8 +286,11 @@ def _check(setup: Setup, store: Any, out: Path, t0: float) -> dict:
     log(opts, f"proxy check: {len(setup.specs)} architectures of {lo / 1e6:.0f}M-{hi / 1e6:.0f}M MACs "
                f"(target {int(opts['target_flops']) / 1e6:g}M), {len(setup.seeds)} proxy seeds, "
                f"{opts['engine']} engine; out: {out}")
-    zc, zc_s, zc_batch = zero_cost_scores(store, setup.specs, setup.scores, setup.data, int(opts["seed"]),
-                                log=lambda m: log(opts, m))
+    zc, zc_s, zc_batch = zero_cost_scores(store, setup.specs, [s for s in setup.scores if s != INHERITED],
+                                          setup.data, int(opts["seed"]), log=lambda m: log(opts, m))
+    if INHERITED in setup.scores:
+        zc[INHERITED], zc_s[INHERITED] = inherited_scores(store, setup.specs, opts["supernet"], setup.proxy.device,
+                                                          log=lambda m: log(opts, m))
     prox, n1 = _train(setup, store, KIND, setup.proxy, setup.seeds, "proxy budget")
     ref, n2 = _train(setup, store, REF_KIND, setup.reference, [int(opts["seed"])], "reference budget")
     rows = collect(setup.specs, prox, ref, setup.seeds, zc)
@@ -268,7 +302,8 @@ def _check(setup: Setup, store: Any, out: Path, t0: float) -> dict:
                "proxy_budget": dataclasses.asdict(setup.proxy), "reference_budget": dataclasses.asdict(setup.reference),
                "cost": {"proxy": cost_of(prox.records(), setup.proxy), "reference": cost_of(ref.records(), setup.reference),
                         "zero_cost_s": zc_s},
-               "out": str(out), "trained_now": n1 + n2, "files": [], "zc_batch": zc_batch}
+               "out": str(out), "trained_now": n1 + n2, "files": [], "zc_batch": zc_batch,
+               "supernet": opts.get("supernet")}
     summary["words"] = summary_words(summary)
     summary["files"] = write_outputs(summary, rows, out)
     summary["wall_s"] = time.time() - t0

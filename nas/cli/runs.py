@@ -27,11 +27,12 @@ def refresh_files(store: Any, out: Path, setup: Setup, history: Optional[list] =
     csv_file = files.TrialsCsv(out / "trials.csv")
     rows = store.trials() if history is None else history
     csv_file.rewrite(rows)  # once: the history of a resumed run
-    best = [best_trial(r for r in rows if r["kind"] == "search")]
+    kind = setup.settings.kind
+    best = [best_trial(r for r in rows if r["kind"] == kind)]
 
     def listener(rec: dict) -> None:
         csv_file(rec)
-        if rec.get("kind") == "search" and best_trial([r for r in (best[0], rec) if r]) is rec:
+        if rec.get("kind") == kind and best_trial([r for r in (best[0], rec) if r]) is rec:
             best[0] = rec
             files.write_best(rec, out, setup.settings.target_resolution)
     return listener
@@ -47,7 +48,7 @@ def write_outputs(store: Any, out: Path, setup: Setup, best: Optional[dict], ref
         files.write_best(best, out, setup.settings.target_resolution)
     s = setup.settings
     try:
-        files.plot_pareto([r for r in rows if r["kind"] == "search"], out / "pareto.png", s.objective.target,
+        files.plot_pareto([r for r in rows if r["kind"] == s.kind], out / "pareto.png", s.objective.target,
                           s.objective.alpha, s.objective.beta, best, reference, (s.window.low, s.window.high),
                           final=final, latency_target=s.objective.latency_ms)
     except Exception as exc:  # noqa: BLE001 - a plot must not lose a finished search
@@ -65,8 +66,9 @@ def stage2(setup: Setup, store: Any, out: Path) -> dict:
 
     opts = setup.opts
     try:
-        candidates = plan.top_candidates(store.trials("search", "trained"), int(opts["final_top_k"]),
-                                         opts.get("_final_candidates"))
+        kind = setup.settings.kind
+        candidates = plan.top_candidates(store.trials(kind, "trained"), int(opts["final_top_k"]),
+                                         opts.get("_final_candidates"), kind=kind)
     except ValueError as exc:
         raise UserError(f"--candidates: {exc}") from None
     if setup.reference is not None:
@@ -111,9 +113,9 @@ def final_text(final: dict, setup: Setup) -> str:
     return "\n".join(markdown(final, final_budget(setup)).splitlines()[2:])
 
 
-def stage2_best(store: Any, final: dict) -> Optional[dict]:
-    """The search record of stage 2's B0 (None without a choice)."""
+def stage2_best(store: Any, final: dict, kind: str = "search") -> Optional[dict]:
+    """The search record (of `kind`: 'search' or 'oneshot') of stage 2's B0 (None without a choice)."""
     if final is None or final["chosen"] < 0:
         return None
     trial = final["candidates"][final["chosen"]]["trial"]
-    return next(r for r in store.trials("search", "trained") if r["id"] == trial)
+    return next(r for r in store.trials(kind, "trained") if r["id"] == trial)

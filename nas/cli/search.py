@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 from nas.errors import UserError
 
-from . import options
+from . import oneshot, options
 from .args import cli_main, log
 from .options import IDENTITY
 from .rundir import check_out_dir, open_run
@@ -64,7 +64,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def _interrupted(store: Any, setup: Setup) -> None:
-    print(f"{PROG}: interrupted; {store.count('search')}/{setup.settings.stop.trials} trials are stored. "
+    print(f"{PROG}: interrupted; {store.count(setup.settings.kind)}/{setup.settings.stop.trials} trials are stored. "
           f"Continue with: python -m nas.search --resume --out {setup.opts['out']}", file=sys.stderr)
 
 
@@ -76,9 +76,10 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
 
     opts = setup.opts
     out = Path(opts["out"])
-    done = store.count("search")
+    kind = setup.settings.kind  # 'search', or 'oneshot' (scored with a supernet's weights)
+    done = store.count(kind)
     history = store.trials()  # read once: a resumed run's store may hold tens of thousands of rows
-    searched = [r for r in history if r["kind"] == "search" and r["source"] == "trained"]
+    searched = [r for r in history if r["kind"] == kind and r["source"] == "trained"]
     failed = sum(1 for r in searched if r["status"] not in ("ok", "stopped"))
     progress = Progress(setup.settings.stop.trials, done=done, failed=failed, enabled=show_progress(opts))
     listeners: list = [progress, refresh_files(store, out, setup, history)]
@@ -93,20 +94,25 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
     if best0 is not None:
         progress.best = best0["reward"]
     del history, searched
-    log(opts, f"search: target {_targets(setup.settings)}, {opts['controller']} controller, "
-              f"{setup.settings.stop.trials} trials on {len(setup.slots)} {setup.slots[0].split(':')[0]} worker(s), "
-              f"{setup.budget.dataset} at {setup.budget.resolution}px for {setup.budget.epochs:g} epoch(s); "
+    what = (oneshot.describe(setup) if oneshot.is_oneshot(opts) else
+            f"{opts['controller']} controller, {setup.settings.stop.trials} trials on {len(setup.slots)} "
+            f"{setup.slots[0].split(':')[0]} worker(s), {setup.budget.dataset} at {setup.budget.resolution}px for "
+            f"{setup.budget.epochs:g} epoch(s)")
+    log(opts, f"search: target {_targets(setup.settings)}, {what}; "
               f"out: {out}" + (f" (resumed at {done} trials)" if opts.get("resume") else ""))
     interrupted = False
     try:
-        setup.engine.run(loop, setup.ctx)
+        engine, ctx = setup.engine, setup.ctx
+        if oneshot.is_oneshot(opts):  # phase 1: the supernet; phase 2 scores with its weights, here
+            engine, ctx = oneshot.scoring(setup, oneshot.supernet_folder(setup))
+        engine.run(loop, ctx)
         loop.refresh()  # another process (NNI's dispatcher) may have driven it
     except KeyboardInterrupt:
         interrupted = True
     finally:
         progress.close()
     rows = store.trials()
-    best = best_trial(r for r in rows if r["kind"] == "search")
+    best = best_trial(r for r in rows if r["kind"] == kind)
     reference = store.trial("reference", 0)
     write_outputs(store, out, setup, best, reference, rows=rows)
     final = None
@@ -115,7 +121,7 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
             final = stage2(setup, store, out)
         except KeyboardInterrupt:
             interrupted = True
-        chosen = stage2_best(store, final)
+        chosen = stage2_best(store, final, kind)
         if chosen is not None:  # B0 is the stage-2 winner
             best = chosen
             files.write_best(best, out, setup.settings.target_resolution)
@@ -134,18 +140,19 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
         tb.close({k: v for k, v in opts.items()
                   if (k in IDENTITY or k in ("trials", "workers")) and k != "space_text"},
                  {"best/reward": best and best["reward"], "best/accuracy": best and best["accuracy"]})
-    counts = {"trained": store.count("search"), "cost-only": store.count("search", ("cost-only",)),
-              "cache": store.count("search", ("cache",)),
-              "failed": sum(1 for r in rows if r["kind"] == "search" and r["source"] == "trained"
+    counts = {"trained": store.count(kind), "cost-only": store.count(kind, ("cost-only",)),
+              "cache": store.count(kind, ("cache",)),
+              "failed": sum(1 for r in rows if r["kind"] == kind and r["source"] == "trained"
                             and r["status"] not in ("ok", "stopped")),
-              "stopped": sum(1 for r in rows if r["kind"] == "search" and r["source"] == "trained"
+              "stopped": sum(1 for r in rows if r["kind"] == kind and r["source"] == "trained"
                              and r["status"] == "stopped"),
-              "prefilter": store.count("search", ("prefilter",))}
+              "prefilter": store.count(kind, ("prefilter",))}
     store.set_meta("state", "finished")
     objective = setup.settings.objective
     print(files.summary_table(best, reference, counts, objective.target, time.time() - t0, out, family,
                               loop.stop_reason, final and final_text(final, setup),
-                              latency_target=objective.latency_ms, measured=(final or {}).get("measured")))
+                              latency_target=objective.latency_ms, measured=(final or {}).get("measured"),
+                              oneshot=oneshot.is_oneshot(opts)))
     if verified is not None:
         from .verify import text as verify_text
         print("\nCompound scaling against single dimensions (scaling.md):\n" + verify_text(verified))

@@ -118,10 +118,27 @@ def load_nni(opts: dict) -> tuple[dict, bool]:
     return cfg, nni_config.trials_run_elsewhere(cfg)
 
 
-def check_dataset(budget: Any, opts: dict, elsewhere: bool = False) -> int:
+def check_data_options(budget: Any) -> None:
+    """The folders of the data options, each a one-line error: --test-data-dir only for an
+    imagefolder, present, with the class folders of --data-dir; --cache-dir creatable."""
+    if budget.test_data_dir:
+        if budget.dataset != "imagefolder":
+            raise UserError(f"--test-data-dir is for --dataset imagefolder ({budget.dataset} has its own test part)")
+        from nas.evaluate.sources import check_same_classes
+        check_same_classes(budget.data_dir, budget.test_data_dir)
+    from nas.evaluate.cache import cache_root
+    cache_root(budget.cache_dir)
+
+
+def check_dataset(budget: Any, opts: dict, elsewhere: bool = False, stage2_resolution: int | None = None) -> int:
     """Number of classes; with the real evaluator the dataset is loaded once here (so a
-    missing or broken dataset is one clear error, and a download happens once). A
-    `--data-dir` that is not on this machine is the workers' path when trials run elsewhere."""
+    missing or broken dataset is one clear error, and a download happens once), which
+    builds its proxy-data cache entry (a progress bar unless --no-progress or --quiet); with
+    `stage2_resolution` the test part's entry at that resolution too, so that stage 2's
+    workers find it built. A `--data-dir` that is not on this machine is the workers' path
+    when trials run elsewhere (and their cache is theirs)."""
+    import dataclasses
+
     from nas.evaluate.budget import DATASETS, NUM_CLASSES
     if budget.dataset not in DATASETS:
         raise UserError(f"--dataset {budget.dataset!r}: expected one of {', '.join(DATASETS)}")
@@ -130,10 +147,16 @@ def check_dataset(budget: Any, opts: dict, elsewhere: bool = False) -> int:
             log(opts, f"note: --data-dir {budget.data_dir} is not on this machine; the trials read it on theirs")
             return NUM_CLASSES.get(budget.dataset, 10)
         raise UserError(f"--data-dir {budget.data_dir}: no such folder")
+    if budget.test_data_dir and elsewhere and not Path(budget.test_data_dir).is_dir():
+        return NUM_CLASSES.get(budget.dataset, 10)
+    check_data_options(budget)
     if opts["evaluator"] != DEFAULTS["evaluator"]:
         return NUM_CLASSES.get(budget.dataset, 10)
     from nas.evaluate import data
-    n = int(data.load_checked(budget).num_classes)
+    progress = not (opts.get("no_progress") or opts.get("quiet"))
+    n = int(data.load_checked(budget, progress=progress).num_classes)
+    if stage2_resolution is not None and not elsewhere:
+        data.load_checked(dataclasses.replace(budget, resolution=int(stage2_resolution), test=True), progress=progress)
     data.clear_cache()
     return max(2, n)
 
@@ -183,11 +206,13 @@ def validate(opts: dict, given: set, stored: Optional[dict] = None,
     """Check every option, file and folder of a search; build (but do not start) the pieces.
     `check_out(opts)` checks `--out` (default: as a search run, new or resumed)."""
     from nas.engines.protocol import EvalContext
-    from nas.evaluate.budget import ProxyBudget
+    from nas.evaluate.budget import ProxyBudget, data_fields
     from nas.search.latency import settings_from
     from nas.search.objective import Objective, preset
-    from nas.search.settings import CostWindow, LoopSettings, StopRule
+    from nas.search.settings import ONESHOT_KIND, SEARCH_KIND, CostWindow, LoopSettings, StopRule
 
+    from .oneshot import check as check_oneshot
+    from .oneshot import is_oneshot
     from .rundir import check_out_dir
 
     if opts.get("target_flops") is None and opts.get("target_latency") is None:
@@ -218,6 +243,9 @@ def validate(opts: dict, given: set, stored: Optional[dict] = None,
     elsewhere, nni_cfg = False, None  # trials on other machines (NNI remote/cluster): their GPUs and folders
     if opts["engine"] == "nni":
         nni_cfg, elsewhere = load_nni(opts)
+    if is_oneshot(opts) and not opts.get("space"):  # the one-shot sub-space (nas.supernet.oneshot)
+        from nas.supernet.oneshot import oneshot_space_file
+        opts["space"] = str(oneshot_space_file())
     space = load_space(opts, given, stored)
     recipe = controller_recipe(opts, space)  # its errors, too, before --out exists
     check_resolutions(opts, space, ("proxy_resolution",))
@@ -236,14 +264,17 @@ def validate(opts: dict, given: set, stored: Optional[dict] = None,
                          download=bool(opts.get("download")), resolution=int(opts["proxy_resolution"]),
                          target_resolution=int(opts["target_resolution"]), epochs=float(opts["proxy_epochs"]),
                          batch_size=int(opts["batch_size"]), seed=int(opts["seed"]), device=device,
-                         time_limit=float(opts["trial_timeout"]))
-    num_classes = check_dataset(budget, opts, elsewhere)
+                         time_limit=float(opts["trial_timeout"]), **data_fields(opts))
+    stage2 = None if opts.get("no_final") else int(opts.get("final_resolution") or opts["proxy_resolution"])
+    num_classes = check_dataset(budget, opts, elsewhere, stage2)
     latency = settings_from(opts, given, space, ref)  # the table opened and checked here, in this process
     settings = LoopSettings(objective=Objective(target, opts["alpha"], opts["beta"], **latency),
                             window=CostWindow(low, high, chance=1.0 / num_classes),
                             stop=StopRule(trials=int(opts["trials"]), max_epochs=float(opts.get("max_epochs") or 0),
                                           epochs=float(budget.epochs)),
-                            target_resolution=int(opts["target_resolution"]), **cheaper_trials(opts, budget))
+                            target_resolution=int(opts["target_resolution"]), **cheaper_trials(opts, budget),
+                            kind=ONESHOT_KIND if is_oneshot(opts) else SEARCH_KIND)
+    check_oneshot(opts, given, space, budget)
     ctx = EvalContext(budget=budget, evaluator=opts["evaluator"])
     return Setup(opts=opts, space=space, budget=budget, ctx=ctx, settings=settings, reference=ref,
                  recipe=recipe, engine=engine, slots=slots, phis=phis)

@@ -1,6 +1,7 @@
 """The proxy trainer: a short, fast, seeded training run that yields validation accuracy.
 
-No DataLoader: batches are sliced from device tensors (`nas.evaluate.data`). On CUDA the run uses
+No DataLoader: batches come from `nas.evaluate.data.ProxyData` (uint8 rows of the proxy-data
+cache, converted, normalized and augmented on the device). On CUDA the run uses
 bf16 autocast, on CPU fp32 by default; channels_last everywhere by default (faster than
 NCHW for MBConv nets: bench/proxy_train.py, BENCHMARKS.md). Both are switchable in the budget.
 On CPU a seed fixes everything (model init, batch order, augmentation, dropout), so the
@@ -134,11 +135,9 @@ def recalibrate_bn(model: torch.nn.Module, data: ProxyData, batch: int, bf16: bo
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average = exact mean over the batches seen
         m.train()
-    n = min(images, data.train_x.shape[0])
     with torch.no_grad(), torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=bf16):
-        for start in range(0, n, batch):
-            x = data.train_x[start:min(n, start + batch)]
-            model(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+        for x in data.calibration_batches(images, batch):
+            model(_layout(x, channels_last))
     for m, momentum in zip(bns, saved):
         m.momentum = momentum
     model.train(was_training)
@@ -152,11 +151,14 @@ def evaluate_accuracy(model: torch.nn.Module, data: ProxyData, bf16: bool, chann
     correct = 0
     with torch.inference_mode(), torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=bf16):
         for x, y in data.val_batches(1024, part):
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            correct += (model(x).argmax(1) == y).sum()
+            correct += (model(_layout(x, channels_last)).argmax(1) == y).sum()
     model.train(was_training)
-    return int(correct) / (data.val_y if part == "val" else data.test_y).shape[0]
+    return int(correct) / data.part_size(part)
+
+
+def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """The batch in the model's memory format (the data's batches come channels_last)."""
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def train(spec, budget: ProxyBudget, data: ProxyData | None = None,
@@ -235,7 +237,7 @@ def _run(spec, budget: ProxyBudget, data: ProxyData, state: dict, start: float,
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, budget)
 
-    n_train = data.train_x.shape[0]
+    n_train = data.n_train
     batch = min(budget.batch_size, n_train)
     per_epoch = n_train // batch
     total = budget.steps if budget.steps is not None else max(1, math.ceil(budget.epochs * per_epoch))
@@ -261,8 +263,7 @@ def _run(spec, budget: ProxyBudget, data: ProxyData, state: dict, start: float,
             lr = lr_at(step, total, warmup, budget.lr, budget.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = _layout(x, channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=budget.label_smoothing)
@@ -293,7 +294,7 @@ def _run(spec, budget: ProxyBudget, data: ProxyData, state: dict, start: float,
         state["epoch_accuracies"].append(evaluate_accuracy(model, data, bf16, channels_last))
         if on_epoch is not None:
             on_epoch(len(state["epoch_accuracies"]), state["epoch_accuracies"][-1])
-    if data.test_x is not None:  # stage 2 only: after training, never seen by any choice
+    if data.has_test:  # stage 2 only: after training, never seen by any choice
         state["test_accuracy"] = evaluate_accuracy(model, data, bf16, channels_last, "test")
     state["model"] = model
     return state["epoch_accuracies"][-1]

@@ -73,7 +73,7 @@ def balanced_batch(data: Any, size: int = BATCH, seed: int = 0) -> Batch:
     """
     import torch
 
-    labels = data.train_y.detach().cpu().numpy()
+    labels = data.train_labels().numpy()
     classes = int(data.num_classes)
     per = max(1, int(size) // classes)
     rng = np.random.default_rng(int(seed))
@@ -84,9 +84,8 @@ def balanced_batch(data: Any, size: int = BATCH, seed: int = 0) -> Batch:
             raise ValueError(f"class {c} has {len(idx)} train images, the scoring batch needs {per}")
         picks.append(np.sort(rng.choice(idx, size=per, replace=False)))
     order = np.stack(picks, 1).reshape(-1)  # interleaved: class 0, 1, ..., 0, 1, ...
-    index = torch.from_numpy(order.astype(np.int64))
-    return Batch(data.train_x.detach().cpu().index_select(0, index).float().contiguous(),
-                 data.train_y.detach().cpu().index_select(0, index).clone(), classes)
+    x, y = data.train_rows(torch.from_numpy(order.astype(np.int64)))
+    return Batch(x, y, classes)
 
 
 def _as_batch(data: Any, seed: int) -> Batch:
@@ -95,7 +94,7 @@ def _as_batch(data: Any, seed: int) -> Batch:
     if isinstance(data, tuple) and len(data) == 2:
         x, y = data
         return Batch(x, y, int(y.max()) + 1)
-    if data is not None and hasattr(data, "train_x"):
+    if data is not None and hasattr(data, "train_rows"):
         return balanced_batch(data, seed=0)  # the batch is fixed; `seed` is the init's
     raise ValueError("this score needs data: a nas.evaluate.data.ProxyData, a Batch or (images, labels)")
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from nas.engines.protocol import Engine, EvalContext
-from nas.evaluate.budget import ProxyBudget, measurement_id
+from nas.evaluate.budget import ProxyBudget, frozen_fields, measurement_id
 from nas.search.batch import BatchSource
 from nas.search.objective import Objective
 
@@ -72,18 +72,20 @@ def fresh_seeds(search_seed: int, n: int, taken: Sequence[int] = ()) -> list[int
     return seeds
 
 
-def top_candidates(rows: Sequence[dict], k: int, trial_ids: Sequence[int] | None = None) -> list[Candidate]:
+def top_candidates(rows: Sequence[dict], k: int, trial_ids: Sequence[int] | None = None,
+                   kind: str = "search") -> list[Candidate]:
     """The k best distinct architectures by search reward (ties as `best_trial`), or the
-    trials named by id; only trained, ok search trials qualify."""
+    trials named by id; only trained, ok trials of `kind` qualify ('search': trained per
+    trial; 'oneshot': scored with a supernet's inherited weights)."""
     from search_space.spec import ArchSpec
 
-    ok = [r for r in rows if r.get("kind") == "search" and r.get("source") == "trained"
+    ok = [r for r in rows if r.get("kind") == kind and r.get("source") == "trained"
           and r.get("status") == "ok" and r.get("reward") is not None]
     if trial_ids:
         by_id = {r["id"]: r for r in ok}
         missing = [i for i in trial_ids if i not in by_id]
         if missing:
-            raise ValueError(f"trial {missing[0]} is not a trained, ok search trial of this run")
+            raise ValueError(f"trial {missing[0]} is not a trained, ok {kind} trial of this run")
         chosen = [by_id[i] for i in dict.fromkeys(trial_ids)]
     else:
         chosen, keys = [], set()
@@ -100,7 +102,7 @@ def legacy_id(key: str, seed: int, budget: ProxyBudget, evaluator: str) -> int:
     """The id stage 2 gave a run before the identity rule was shared with the proxy check
     (it hashed every budget field, the device and time limit too). Kept only so that a
     stage 2 stored then is found, not retrained, when such a run is resumed or extended."""
-    ident = json.dumps([key, int(seed), dataclasses.asdict(budget) | {"seed": 0}, evaluator], sort_keys=True)
+    ident = json.dumps([key, int(seed), frozen_fields(budget) | {"seed": 0}, evaluator], sort_keys=True)
     return int(hashlib.sha1(ident.encode()).hexdigest()[:15], 16)
 
 

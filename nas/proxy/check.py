@@ -41,6 +41,7 @@ from nas.evaluate.budget import measurement_id
 
 KIND = "proxy"
 REF_KIND = "proxy-reference"
+INHERITED = "supernet"   # the column of `--proxy supernet`: accuracy with a supernet's inherited weights
 
 
 def batch_source(store: Any, specs: Sequence[Any], seeds: Sequence[int], budget: Any, evaluator: str, kind: str,
@@ -60,13 +61,14 @@ def batch_source(store: Any, specs: Sequence[Any], seeds: Sequence[int], budget:
 def budgets(opts: dict) -> tuple[Any, Any]:
     """(proxy budget, reference budget): the search's proxy budget from the options, and
     the stage-2 final budget built from it, without the test part."""
-    from nas.evaluate.budget import ProxyBudget
+    from nas.evaluate.budget import ProxyBudget, data_fields
     from nas.final.plan import final_budget
 
     proxy = ProxyBudget(dataset=str(opts["dataset"]).lower(), data_dir=opts.get("data_dir"),
                         resolution=int(opts["proxy_resolution"]), target_resolution=int(opts["target_resolution"]),
                         epochs=float(opts["proxy_epochs"]), batch_size=int(opts["batch_size"]), seed=int(opts["seed"]),
-                        device=opts.get("_device", "cpu"), time_limit=float(opts["trial_timeout"]))
+                        device=opts.get("_device", "cpu"), time_limit=float(opts["trial_timeout"]),
+                        **data_fields(opts))
     ref = dataclasses.replace(final_budget(proxy, float(opts["final_epochs"]), opts.get("final_resolution")),
                               test=False)
     return proxy, ref
@@ -146,3 +148,39 @@ def zero_cost_scores(store: Any, specs: Sequence[Any], names: Sequence[str], dat
     return out, per, about
 
 
+
+
+def inherited_scores(store: Any, specs: Sequence[Any], folder: str, device: str = "cpu",
+                     log: Any = None) -> tuple[dict[str, float], float]:
+    """({key: accuracy with the supernet's inherited weights}, seconds per network): the
+    one-shot search's score (`nas.supernet.score.InheritedWeights`, with the search's
+    default calibration and search-validation images), kept in the store's meta for a
+    resumed check (tagged with the supernet's folder and weights file's size and time)."""
+    from pathlib import Path
+
+    from nas.supernet.checkpoint import WEIGHTS
+    from nas.supernet.oneshot import CALIBRATION_IMAGES, SCORE_IMAGES
+    from nas.supernet.score import InheritedWeights
+
+    weights = Path(folder) / WEIGHTS
+    stat = weights.stat()
+    tag = f"{Path(folder).resolve()}/{stat.st_size}/{stat.st_mtime_ns}/{CALIBRATION_IMAGES}/{SCORE_IMAGES}"
+    cache = json.loads(store.get_meta("inherited") or "{}")
+    if cache.get("tag") != tag:
+        cache = {"tag": tag, "values": {}, "seconds": {}}
+    values, seconds = cache["values"], cache["seconds"]
+    evaluator = InheritedWeights(folder, calibration_images=CALIBRATION_IMAGES, val_images=SCORE_IMAGES)
+    budget = None
+    for spec in specs:
+        key = spec.key()
+        if key in values:
+            continue
+        if budget is None:
+            from nas.evaluate.budget import ProxyBudget
+            budget = ProxyBudget(device=device)
+        result = evaluator(spec, budget)
+        values[key], seconds[key] = result.accuracy, result.wall_time
+    store.set_meta("inherited", json.dumps(cache))
+    if log is not None:
+        log(f"supernet scores: {len(specs)} architectures with inherited weights from {folder}")
+    return {s.key(): values.get(s.key()) for s in specs}, float(np.mean([seconds.get(s.key(), 0.0) for s in specs]))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from .check import INHERITED
 from .stats import noise_words, value_of
 
 
@@ -78,10 +79,13 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {label} | {runs} | {b['epochs']:g} | {b['resolution']} | {b['wall_s']:.0f} | "
                      f"{_f(b['per_run_s'], '.1f')} |")
     for name, s in c["zero_cost_s"].items():
-        lines.append(f"| zero-cost {name} | {a['k']} | 0 | {pb['resolution']} | {s * a['k']:.1f} | {s:.2f} |")
+        what = "supernet score (inherited weights)" if name == INHERITED else f"zero-cost {name}"
+        lines.append(f"| {what} | {a['k']} | 0 | {pb['resolution']} | {s * a['k']:.1f} | {s:.2f} |")
     lines += ["", "In words:", ""]
     lines += [f"- {line}" for line in summary["words"]]
     lines += ["", "Scores: " + ZERO_COST_NOTE.format(batch=summary.get("zc_batch") or "no images"), ""]
+    if INHERITED in summary.get("scores", ()):
+        lines += [INHERITED_NOTE.format(folder=summary.get("supernet")), ""]
     return "\n".join(lines)
 
 
@@ -90,6 +94,13 @@ ZERO_COST_NOTE = ("training-free, at the builder's reference init (seed = --seed
                   "*inputs* of every SiLU/ReLU (the networks use swish); synflow in float64 with absolute weights, "
                   "an all-ones input and BatchNorm in eval mode at its initial statistics; grad-norm and SNIP on "
                   "the batch's cross-entropy over conv/linear weights, BatchNorm in train mode (nas/evaluate/zero_cost.py).")
+
+
+INHERITED_NOTE = ("supernet: the one-shot search's score, each architecture's search-validation accuracy with the "
+                  "weights it inherits from the trained supernet in {folder}, BatchNorm recalibrated on training "
+                  "images, with the search's default numbers of images (nas/supernet/oneshot.py); the "
+                  "architectures are sampled from the supernet's space, so the per-trial proxy's τ here is on "
+                  "the same sample.")
 
 
 def summary_words(summary: dict) -> list[str]:
@@ -122,6 +133,16 @@ def summary_words(summary: dict) -> list[str]:
                        else "does not beat the floor (the interval of Δτ includes 0)")
             out.append(f"{e['label']}: τ {_f(e['tau'], '.2f')} {_ci(e['tau_ci'])}, {verdict}: "
                        f"Δτ {vf['diff']:+.2f} {_ci(vf['ci'])}.")
+    sn = by.get(INHERITED)
+    if sn is not None and sn.get("vs_proxy"):
+        vp = sn["vs_proxy"]
+        lo, hi = vp["ci"]
+        verdict = ("ranks better than" if lo > 0 else "ranks worse than" if hi < 0
+                   else "is not distinguishable from")
+        out.append(f"The supernet's inherited-weight accuracy: τ {_f(sn['tau'], '.2f')} {_ci(sn['tau_ci'])}, "
+                   f"ρ {_f(sn['rho'], '.2f')} {_ci(sn['rho_ci'])}; it {verdict} the per-trial proxy on the same "
+                   f"architectures: Δτ {vp['diff']:+.2f} {_ci(vp['ci'])}; the seed-noise ceiling (τ between "
+                   f"proxy seeds) is {_f(a['seed_tau'], '.2f')}.")
     c = summary["cost"]
     if c["proxy"]["wall_s"] and c["reference"]["wall_s"]:
         out.append(f"Cost: the proxy took {c['proxy']['wall_s']:.0f} s of training for {c['proxy']['runs']} runs, "

@@ -166,6 +166,10 @@ def analyze(rows: Sequence[dict], seeds: Sequence[int], scores: Sequence[str], n
         if floor is not None and e["name"] in boot and e["name"] not in TRIVIAL:
             d = boot[e["name"]] - boot[floor["name"]]
             e["vs_floor"] = {"floor": floor["name"], "diff": e["tau"] - floor["tau"], "ci": interval(d)}
+    for e in table:  # the supernet's score against the per-trial proxy, on the same architectures (paired)
+        if e["name"] == "supernet" and "supernet" in boot and "proxy" in boot:
+            by = {x["name"]: x for x in table}
+            e["vs_proxy"] = {"diff": e["tau"] - by["proxy"]["tau"], "ci": interval(boot["supernet"] - boot["proxy"])}
     acc = [[r["proxy"].get(s) for s in seeds] for r in rows]
     seed_taus = []
     for i, a in enumerate(seeds):

@@ -151,7 +151,7 @@ def plot_pareto(rows: Sequence[dict], path: str | Path, target: int, alpha: floa
         fig, (ax, lax) = plt.subplots(1, 2, figsize=(15, 5.5), dpi=110)
     else:
         fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-    trained = [r for r in rows if r.get("source") == "trained" and r.get("kind") == "search"]
+    trained = [r for r in rows if r.get("source") == "trained" and r.get("kind") in ("search", "oneshot")]
     ok = [r for r in trained if r.get("status") == "ok" and r.get("accuracy") is not None]
     bad = [r for r in trained if r.get("status") != "ok" or r.get("accuracy") is None]
     skipped = [r for r in rows if r.get("source") == "cost-only"]
@@ -253,12 +253,13 @@ def _fmt(v: Any, spec: str = ".4f") -> str:
 def summary_table(best: Optional[dict], reference: Optional[dict], counts: dict[str, int], target: Optional[int],
                   wall: float, out_dir: str | Path, family: Optional[Sequence[dict]] = None,
                   stop_reason: str = "", final: Optional[str] = None, latency_target: Optional[float] = None,
-                  measured: Optional[dict] = None) -> str:
+                  measured: Optional[dict] = None, oneshot: bool = False) -> str:
     """The closing summary printed on stdout (Markdown-ish, readable in a terminal). With a
     latency target, a latency column beside MACs: predicted, and measured end to end where
     stage 2 measured it (`measured`: key -> ms); "within target" then judges the measured
-    latency where there is one."""
-    lines = [f"Search finished in {wall / 60:.1f} min: {counts.get('trained', 0)} trained "
+    latency where there is one. `oneshot`: the search scored with a supernet's inherited weights."""
+    lines = [f"Search finished in {wall / 60:.1f} min: {counts.get('trained', 0)} "
+             f"{'scored with inherited weights' if oneshot else 'trained'} "
              f"({counts.get('failed', 0)} failed), {counts.get('cost-only', 0)} outside the cost window, "
              f"{counts.get('cache', 0)} cached"
              + (f", {counts['stopped']} of the trained stopped early (ASHA)" if counts.get("stopped") else "")
@@ -267,7 +268,8 @@ def summary_table(best: Optional[dict], reference: Optional[dict], counts: dict[
     if stop_reason:
         lines.append(f"Note: {stop_reason}")
     lat_col = " latency predicted / measured |" if latency_target else ""
-    lines += ["", f"| model | search-val accuracy (proxy, 1 seed) | MACs |{lat_col} params | reward | within target |",
+    measure = "inherited weights" if oneshot else "proxy, 1 seed"
+    lines += ["", f"| model | search-val accuracy ({measure}) | MACs |{lat_col} params | reward | within target |",
               "|---|---|---|---|---|---|" + ("---|" if latency_target else "")]
     for name, r in (("B0 found", best), ("EfficientNet-B0", reference)):
         if r is None:

@@ -13,7 +13,7 @@ import json
 from typing import Any, Callable, Sequence
 
 from nas.engines.protocol import EvalContext
-from nas.evaluate.budget import measurement_id
+from nas.evaluate.budget import frozen_fields, measurement_id
 
 from .batch import BatchSource
 from .objective import Objective
@@ -22,7 +22,7 @@ from .objective import Objective
 def grid_kind(b0: Any, ctx: EvalContext, objective: Objective, candidates: Sequence[tuple]) -> str:
     """A record kind naming this grid exactly (baseline, budget, evaluator, reward, points):
     grids that differ in any of them never reuse each other's records in one store."""
-    ident = [b0.key(), b0.resolution, ctx.budget.to_dict(), ctx.evaluator, dataclasses.asdict(objective),
+    ident = [b0.key(), b0.resolution, frozen_fields(ctx.budget), ctx.evaluator, dataclasses.asdict(objective),
              [list(c) for c in candidates]]
     return "grid:" + hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
 

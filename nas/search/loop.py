@@ -49,6 +49,7 @@ class SearchLoop(RecordWriter):
         self.recipe = controller if isinstance(controller, ControllerRecipe) else None
         self.controller = controller.build(space) if self.recipe else controller
         self.store, self.space, self.s = store, space, settings
+        self.kind = settings.kind  # what its proposals are recorded as ('search', 'oneshot')
         self.objective = settings.objective
         self.reference = reference
         self.listeners = list(listeners)
@@ -64,12 +65,12 @@ class SearchLoop(RecordWriter):
         self._history: dict[int, Any] = {}  # proposal id -> key (or choices) of the replayed history
         self._history_last = 0           # the last trial id read into it
         self._history_keys: Optional[bool] = None  # whether the store's keys are the controller's
-        self.asha = Asha(settings.asha, store.rungs("search")) if settings.asha is not None else None
+        self.asha = Asha(settings.asha, store.rungs(settings.kind)) if settings.asha is not None else None
         pf = settings.prefilter
         self.prefilter = Prefilter(pf) if pf is not None and pf.ratio > 1 else None
         stop = settings.stop
         # --max-epochs: the epochs trained so far, read once, then kept by `complete`
-        self.epochs_trained = sum(epochs_of(r, stop.epochs) for r in store.trials("search", "trained")) \
+        self.epochs_trained = sum(epochs_of(r, stop.epochs) for r in store.trials(settings.kind, "trained")) \
             if stop.max_epochs else 0.0
         self._restore()
 
@@ -115,7 +116,7 @@ class SearchLoop(RecordWriter):
         """Give the controller the history its checkpoint leaves out. Keys come from the
         store's key column when the controller's key function is the space's (checked on
         one proposal), else from the choices (decoding every proposal is the slow way)."""
-        rows, self._history_last = self.store.proposal_history("search", self._history_last)
+        rows, self._history_last = self.store.proposal_history(self.kind, self._history_last)
         if self._history_keys is None and rows:
             pid, choices, key = rows[0]
             self._history_keys = (getattr(self.controller, "key_fn", None) == self.space.key
@@ -141,10 +142,10 @@ class SearchLoop(RecordWriter):
     # -- counts ----------------------------------------------------------------------------
     @property
     def trained(self) -> int:
-        return self.store.count("search", ("trained",))
+        return self.store.count(self.kind, ("trained",))
 
-    def _in_flight(self, kind: str = "search") -> int:
-        return sum(1 for j in self.in_flight.values() if j.kind == kind)
+    def _in_flight(self) -> int:
+        return sum(1 for j in self.in_flight.values() if j.kind == self.kind)
 
     @property
     def done(self) -> bool:
@@ -170,7 +171,7 @@ class SearchLoop(RecordWriter):
         """ASHA: whether a search trial reporting `accuracy` at `rung` goes on (engines ask).
         The accuracy is stored before the policy counts it, so a resume keeps it."""
         with self.lock:
-            if self.asha is None or job.kind != "search" or not self.asha.is_decision(rung, accuracy):
+            if self.asha is None or job.kind != self.kind or not self.asha.is_decision(rung, accuracy):
                 return True
             self.store.add_rung(job.kind, job.proposal_id, int(rung), float(accuracy))
             return self.asha.decide(job.proposal_id, rung, accuracy)
@@ -184,7 +185,7 @@ class SearchLoop(RecordWriter):
         with self.lock:
             jobs, followers, held, chosen = [], [], [], []
             for d in self.store.pending():
-                if d["kind"] not in ("search", "reference"):
+                if d["kind"] not in (self.kind, "reference"):
                     continue  # e.g. grid jobs: their own BatchSource re-queues them
                 mark = d.get("prefilter") or {}
                 if self.prefilter is not None and mark.get("held"):
@@ -200,7 +201,7 @@ class SearchLoop(RecordWriter):
                 if self.prefilter.full:  # killed with the batch full: judge it now
                     jobs.append(self._judge())
             for f in followers:  # waiting for a twin: told from its record, or wait again
-                cached = self.store.find_key(f.key, "search")
+                cached = self.store.find_key(f.key, self.kind)
                 if cached is not None:
                     self._record_cached(f, cached)
                 elif any(j.key == f.key for j in jobs):
@@ -283,7 +284,7 @@ class SearchLoop(RecordWriter):
         parking the proposal until the same architecture, in flight now, has finished)."""
         res = self.s.target_resolution
         spec = self.space.decode(list(proposal.choices), num_classes=1000, resolution=res)
-        job = new_job("search", proposal.id, spec, res, list(proposal.choices), self.objective)
+        job = new_job(self.kind, proposal.id, spec, res, list(proposal.choices), self.objective)
         window = self.s.window
         ratios = self.objective.ratios(job.macs, job.latency_ms)  # the window applies to each target
         outside = [f"{name} {m:.2f}x target" for name, m in ratios.items() if not window.low <= m <= window.high]
@@ -293,11 +294,11 @@ class SearchLoop(RecordWriter):
             self._record_untrained(job, TrialResult(status="skipped", message=note), self._cost_only(job),
                                    "cost-only", proposal=proposal)
             return None
-        cached = self.store.find_key(job.key, "search")
+        cached = self.store.find_key(job.key, self.kind)
         if cached is not None:
             self._record_cached(job, cached, proposal)
             return None
-        twin = next((j for j in self.in_flight.values() if j.kind == "search" and j.key == job.key), None)
+        twin = next((j for j in self.in_flight.values() if j.kind == self.kind and j.key == job.key), None)
         if twin is not None:  # being trained now: never train it twice, wait for that result
             self._proposals[proposal.id] = proposal
             self._followers.setdefault(job.key, []).append(job)
@@ -341,7 +342,7 @@ class SearchLoop(RecordWriter):
                  finished_at: float | None = None, extra: dict | None = None) -> dict:
         """Record a trained job's result (and tell the controller, for 'search' jobs)."""
         with self.lock:
-            search = job.kind == "search"
+            search = job.kind == self.kind
             rec = trial_record(job, result, self.objective, told=search, worker=worker, started_at=started_at,
                                finished_at=finished_at, extra=extra)
             ckpt = self._tell(self._proposal(job), rec["status"], rec["reward"]) if search else None
@@ -359,4 +360,4 @@ class SearchLoop(RecordWriter):
 
     # -- results ------------------------------------------------------------------------
     def best(self) -> Optional[dict]:
-        return best_trial(self.store.trials("search", "trained"))
+        return best_trial(self.store.trials(self.kind, "trained"))

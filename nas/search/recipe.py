@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 
+REFIT_PER = 50  # the predictor refits at least 50 times per run (every tell at first: controllers/predictor.py)
+
+
 @dataclass
 class ControllerRecipe:
     """How to build a controller, as plain data (a controller object cannot travel)."""
@@ -18,7 +21,9 @@ class ControllerRecipe:
     def for_run(cls, name: str, seed: int, trials: int, target: int | None = None,
                 cost_window: Sequence[float] | None = None, target_resolution: int = 224) -> "ControllerRecipe":
         """The search's sizing: evolution's population ~ trials/3, tournament ~ population/3;
-        the predictor's random start ~ trials/4 (5 to 20), and the cost window in
+        the predictor's random start ~ trials/4 (5 to 20), its refits at most every
+        trials/50 tells beyond 500 trials (a fit costs ~90 ms, as much as scoring a
+        sub-network with inherited weights: docs/supernet.md), and the cost window in
         multiply-adds (when `target` and `cost_window` are given) so that it can skip
         candidates the search would not train."""
         kwargs: dict[str, Any] = {}
@@ -27,6 +32,8 @@ class ControllerRecipe:
             kwargs = dict(population_size=pop, sample_size=max(2, min(10, pop // 3)))
         elif name == "predictor":
             kwargs = dict(initial_random=max(5, min(20, trials // 4)))
+            if trials // REFIT_PER > 10:  # thousands of cheap evaluations (one-shot): a fit every trials/50 tells
+                kwargs["refit_cap"] = trials // REFIT_PER
             if target is not None and cost_window is not None:
                 kwargs.update(cost_window_macs=[float(cost_window[0]) * target, float(cost_window[1]) * target],
                               target_resolution=int(target_resolution))

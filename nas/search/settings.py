@@ -1,9 +1,9 @@
 """What the search loop needs to know, grouped by what each part decides.
 
-`LoopSettings(objective, window, stop, target_resolution, asha, prefilter)`: the reward
+`LoopSettings(objective, window, stop, target_resolution, asha, prefilter, kind)`: the reward
 (`Objective`), which architectures are trained (`CostWindow`), when the search ends
-(`StopRule`), and the two optional policies for cheaper trials (`AshaSettings`,
-`PrefilterSettings`; None = off). Every default is stated once, here or in the module of
+(`StopRule`), the two optional policies for cheaper trials (`AshaSettings`,
+`PrefilterSettings`; None = off), and the kind its proposals are recorded as. Every default is stated once, here or in the module of
 its policy; the CLI (`nas.cli.options`) reads them from these classes. The settings are
 plain data so that the loop can be rebuilt in another process (`to_dict`/`from_dict`:
 NNI's dispatcher, `nas.search.handover`).
@@ -17,6 +17,9 @@ from typing import Optional
 from .asha import AshaSettings
 from .objective import Objective
 from .prefilter import PrefilterSettings
+
+SEARCH_KIND = "search"    # records of proposals trained per trial
+ONESHOT_KIND = "oneshot"  # records of proposals scored with inherited weights (nas.supernet.score)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class LoopSettings:
     target_resolution: int = 224      # where multiply-adds (and latency) are counted
     asha: Optional[AshaSettings] = None
     prefilter: Optional[PrefilterSettings] = None
+    kind: str = SEARCH_KIND           # the kind of the proposals' records: 'search', or 'oneshot' (scored
+    #                                   with a supernet's inherited weights); one loop and one store for both
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -70,4 +75,5 @@ class LoopSettings:
             return None if value is None else kind(**value)
         return cls(objective=Objective(**data["objective"]), window=CostWindow(**data["window"]),
                    stop=StopRule(**data["stop"]), target_resolution=int(data["target_resolution"]),
-                   asha=part(AshaSettings, data.get("asha")), prefilter=part(PrefilterSettings, data.get("prefilter")))
+                   asha=part(AshaSettings, data.get("asha")), prefilter=part(PrefilterSettings, data.get("prefilter")),
+                   kind=str(data.get("kind") or SEARCH_KIND))
