@@ -205,7 +205,7 @@ def train(spec, budget: ProxyBudget, data: ProxyData | None = None,
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a result
-        accuracy, status, message = None, ("oom" if _is_oom(exc) else "failed"), _one_line(exc)
+        accuracy, status, message = None, ("oom" if is_oom(exc) else "failed"), one_line(exc)
     if status == "oom":
         gc.collect()
         torch.cuda.empty_cache()  # a no-op where CUDA was never initialized
@@ -310,13 +310,13 @@ def _save_weights(model: torch.nn.Module, spec, num_classes: int, resolution: in
     return ""
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):  # GPU memory, or host memory
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")

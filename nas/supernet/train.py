@@ -33,7 +33,7 @@ from nas.errors import UserError
 from nas.evaluate.budget import ProxyBudget
 from nas.evaluate.data import ProxyData, load
 from nas.evaluate.device import resolve
-from nas.evaluate.train import check_budget, check_resolution, lr_at, make_optimizer
+from nas.evaluate.train import check_budget, check_resolution, is_oom, lr_at, make_optimizer, one_line
 
 from . import checkpoint as files
 from .distributed import agree, average_gradients, local_rank, rank_world
@@ -158,7 +158,7 @@ def train(space, budget: ProxyBudget, folder: str | Path, settings: Settings | N
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a result
-        status, message, model = ("oom" if _is_oom(exc) else "failed"), _one_line(exc), None
+        status, message, model = ("oom" if is_oom(exc) else "failed"), one_line(exc), None
     elapsed = state["elapsed"] + (time.perf_counter() - start)
     result = TrainResult(status=status, loss=state["losses"][-1] if state["losses"] else None,
                          losses=list(state["losses"]), steps=state["step"], total_steps=state["total"],
@@ -329,17 +329,6 @@ def load_supernet(folder: str | Path, device: str = "cpu") -> Supernet:
         model = Supernet(space, int(config["num_classes"]), settings.kernel_mode)
         model.load_state_dict(tensors)
     except (KeyError, ValueError, RuntimeError) as exc:
-        raise UserError(f"{path}: does not load into its supernet ({_one_line(exc)})") from None
+        raise UserError(f"{path}: does not load into its supernet ({one_line(exc)})") from None
     return model.to(torch.device(resolve(device))).eval()
 
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
