@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._stats import spread  # noqa: E402
 
 ARMS = {
     "base": [],
@@ -92,13 +93,11 @@ def one_run(arm: str, seed: int, args: argparse.Namespace, root: Path) -> dict:
 
 
 def _mean(xs: list) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return statistics.mean(xs) if xs else None
+    return spread(xs)["mean"]
 
 
 def _sd(xs: list) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return statistics.stdev(xs) if len(xs) > 1 else None
+    return spread(xs)["sd"]
 
 
 def summarize(runs: list[dict], arms: list[str]) -> dict:

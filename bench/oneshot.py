@@ -40,33 +40,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._cli import OneLineParser  # noqa: E402
+from bench._stats import spread  # noqa: E402
+from tests.spaces import TINY_ONESHOT  # noqa: E402
 
 PARADIGMS = ("pertrial", "oneshot")
-# --quick: a two-block space reduced as the one-shot sub-space is (tests/test_oneshot.py's)
-TINY = """\
-stem_channels: 8
-head_channels: 32
-num_classes: 10
-dropout: 0.1
-drop_connect: 0.1
-resolution: 8
-choices:
-  conv_op: [mbconv]
-  kernel: [3, 5]
-  expand_ratio: [1, 3, 6]
-  se_ratio: [0, 0.25]
-  skip: [identity]
-  filter_multiplier: [0.5, 1.0]
-  layers_delta: [-1, 0, 1]
-blocks:
-  - {repeats: 1, kernel: 3, stride: 1, expand_ratio: 1, out_channels: 8, se_ratio: 0.25}
-  - {repeats: 2, kernel: 3, stride: 2, expand_ratio: 6, out_channels: 16, se_ratio: 0.25}
-"""
 
 
 def quick_args(root: Path) -> dict[str, list[str]]:
     space = root / "tiny.yaml"
-    space.write_text(TINY)
+    space.write_text(TINY_ONESHOT)
     common = ["--space", str(space), "--dataset", "digits", "--proxy-resolution", "8", "--cost-window", "0,1",
               "--evaluator", "tests.fake_evaluators:ok", "--final-seeds", "2", "--final-top-k", "2",
               "--workers", "1", "--device", "cpu", "--controller", "random"]
@@ -123,16 +105,6 @@ def verdict_words(final_md: str) -> str | None:
 def _mean_test(finals: list[dict], key: str) -> float | None:
     vals = [r["test_accuracy"] for r in finals if r["key"] == key and r["test_accuracy"] is not None]
     return statistics.mean(vals) if vals else None
-
-
-def spread(xs: list) -> dict:
-    """mean, sd, median and IQR (the 25th and 75th percentiles, inclusive method) of the defined values."""
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return {"n": 0, "mean": None, "sd": None, "median": None, "q1": None, "q3": None}
-    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0], xs[0], xs[0]]
-    return {"n": len(xs), "mean": statistics.mean(xs), "sd": statistics.stdev(xs) if len(xs) > 1 else None,
-            "median": statistics.median(xs), "q1": q[0], "q3": q[2]}
 
 
 def compare(runs: list[dict]) -> dict:

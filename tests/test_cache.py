@@ -285,3 +285,22 @@ def test_the_data_options_reach_the_budget_of_every_command(tmp_path):
     from nas.evaluate.budget import data_fields
     assert data_fields(vars(args)) == want
     assert options.parse(["--proxy-images", "20k"])[0]["proxy_images"] == "20000"
+
+
+def test_progress_bar_is_silent_for_a_build_under_a_second_and_ends_at_100_percent(monkeypatch, capsys):
+    clock = [100.0]
+    monkeypatch.setattr(cache.time, "time", lambda: clock[0])
+    quick = cache.Bar("proxy-data cache: quick", 1000)
+    for _ in range(10):
+        clock[0] += 0.05
+        quick.advance(100)
+    quick.close()
+    assert capsys.readouterr().err == ""
+    slow = cache.Bar("proxy-data cache: slow", 1000)
+    for _ in range(10):
+        clock[0] += 0.5
+        slow.advance(100)
+    slow.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(line.startswith("proxy-data cache: slow: ") for line in lines)
+    assert "1,000/1,000 images (100%)" in lines[-1] and len(lines) <= 10

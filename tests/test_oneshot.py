@@ -22,28 +22,9 @@ from nas.supernet.train import Settings, train
 from search_space import zoo
 from search_space.space import SearchSpace
 from search_space.spec import ArchSpec
+from tests.spaces import TINY_ONESHOT as TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-# The test space of tests/test_supernet.py reduced as the one-shot sub-space is (one op, identity skips).
-TINY = """\
-stem_channels: 8
-head_channels: 32
-num_classes: 10
-dropout: 0.1
-drop_connect: 0.1
-resolution: 8
-choices:
-  conv_op: [mbconv]
-  kernel: [3, 5]
-  expand_ratio: [1, 3, 6]
-  se_ratio: [0, 0.25]
-  skip: [identity]
-  filter_multiplier: [0.5, 1.0]
-  layers_delta: [-1, 0, 1]
-blocks:
-  - {repeats: 1, kernel: 3, stride: 1, expand_ratio: 1, out_channels: 8, se_ratio: 0.25}
-  - {repeats: 2, kernel: 3, stride: 2, expand_ratio: 6, out_channels: 16, se_ratio: 0.25}
-"""
 BUDGET = ProxyBudget(dataset="digits", resolution=8)
 # the tiny space's networks are 6-99M multiply-adds at 224 px: a 60M target with an open window
 DATA = ["--dataset", "digits", "--proxy-resolution", "8", "--target-flops", "60M", "--cost-window", "0,1"]

@@ -40,6 +40,11 @@ def test_outputs_of_a_search(tmp_path, capsys):
     assert len(finals) == 12
     assert len(rows) == len(trained) + 1 + len(finals) + sum(1 for r in rows if r["source"] in ("cost-only", "cache"))
     assert {r["kind"] for r in rows} == {"search", "reference", "final"}
+    # times to the millisecond, as in the store (not rounded to 6 digits: 1.79638e+09)
+    stored = {(t["kind"], t["id"]): t for t in trained + [reference]}
+    for r in rows:
+        if (r["kind"], int(r["id"])) in stored:
+            assert abs(float(r["finished_at"]) - stored[(r["kind"], int(r["id"]))]["finished_at"]) < 0.001
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((out / "tb").rglob("events.out.tfevents.*"))
     # hand-off: B1..B7 derived from best.yaml

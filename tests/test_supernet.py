@@ -24,30 +24,10 @@ from nas.supernet.train import Settings, load_supernet, train
 from search_space import cost, zoo
 from search_space.model import count_by_hooks
 from search_space.space import SearchSpace
+from tests.spaces import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Two blocks, every choice of the default space (and a multiplier that changes the next
-# block's input width): digits at 8 px train it in seconds.
-TINY = """\
-stem_channels: 8
-head_channels: 32
-num_classes: 10
-dropout: 0.1
-drop_connect: 0.1
-resolution: 8
-choices:
-  conv_op: [mbconv, dsconv, conv]
-  kernel: [3, 5]
-  expand_ratio: [1, 3, 6]
-  se_ratio: [0, 0.25]
-  skip: [identity, none]
-  filter_multiplier: [0.5, 1.0]
-  layers_delta: [-1, 0, 1]
-blocks:
-  - {repeats: 1, kernel: 3, stride: 1, expand_ratio: 1, out_channels: 8, se_ratio: 0.25}
-  - {repeats: 2, kernel: 3, stride: 2, expand_ratio: 6, out_channels: 16, se_ratio: 0.25}
-"""
 BUDGET = ProxyBudget(dataset="digits", resolution=8, batch_size=128, lr=0.4)  # a tiny net takes a larger rate
 
 

@@ -467,7 +467,10 @@ def _size(nbytes: float) -> str:
 
 class Bar:
     """`proxy-data cache NAME: 1,024/4,000 images (25%) 3,500/s ETA 0m01s` on stderr: rewritten
-    in place on a terminal, else a line at most every 10 % (and at the end)."""
+    in place on a terminal, else a line at most every 10 % (and at the end). Silent during
+    its first `QUIET_S` seconds: a build that ends sooner (mnist5k's) prints nothing."""
+
+    QUIET_S = 1.0
 
     def __init__(self, what: str, total: int, done: int = 0, enabled: bool = True) -> None:
         self.what, self.total, self.done, self.start = what, total, done, done
@@ -478,7 +481,7 @@ class Bar:
 
     def advance(self, k: int) -> None:
         self.done += k
-        if not self.enabled:
+        if not self.enabled or time.time() - self.t0 < self.QUIET_S:
             return
         tenth = int(10 * self.done / max(1, self.total))
         if self.tty or tenth > self.shown:
@@ -495,6 +498,10 @@ class Bar:
         sys.stderr.flush()
 
     def close(self) -> None:
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        if self.enabled and self.shown >= 0:
+            if self.shown < 10:  # the last advances fell in the quiet second: show the end
+                self.shown = 10
+                self._show()
+            if self.tty:
+                sys.stderr.write("\n")
+                sys.stderr.flush()

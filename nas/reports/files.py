@@ -18,11 +18,14 @@ CSV_COLUMNS = ("id", "kind", "proposal_id", "source", "status", "accuracy", "rew
                "started_at", "finished_at", "message")
 
 
-def _cell(v: Any) -> Any:
+TIME_COLUMNS = ("queued_at", "started_at", "finished_at")  # Unix seconds: 6 significant digits would keep 1e4 s
+
+
+def _cell(v: Any, column: str = "") -> Any:
     if isinstance(v, (list, tuple)):
         return " ".join(f"{x:.4f}" if isinstance(x, float) else str(x) for x in v)
     if isinstance(v, float):
-        return f"{v:.6g}"
+        return f"{v:.3f}" if column in TIME_COLUMNS else f"{v:.6g}"
     return "" if v is None else v
 
 
@@ -32,13 +35,13 @@ def write_trials_csv(rows: Iterable[dict], path: str | Path) -> None:
     w = csv.writer(buf)
     w.writerow(CSV_COLUMNS)
     for r in rows:
-        w.writerow([_cell(r.get(c)) for c in CSV_COLUMNS])
+        w.writerow([_cell(r.get(c), c) for c in CSV_COLUMNS])
     atomic_write(path, buf.getvalue())
 
 
 def csv_line(row: dict) -> str:
     buf = io.StringIO()
-    csv.writer(buf).writerow([_cell(row.get(c)) for c in CSV_COLUMNS])
+    csv.writer(buf).writerow([_cell(row.get(c), c) for c in CSV_COLUMNS])
     return buf.getvalue()
 
 

@@ -85,36 +85,27 @@ def block_options(space: SearchSpace) -> list[BlockOptions]:
     return out
 
 
-def _choices(space: SearchSpace, pick) -> list[int]:
-    """One index per decision, `pick(field, options)` choosing the option."""
+def _extreme(space: SearchSpace, ops: Sequence[str], most: Any) -> list[int]:
+    """One index per decision: the first of `ops` the block allows for `conv_op`, an identity
+    skip where allowed, and `most` (max or min) of every other option."""
+    def pick(field: str, options: Sequence[Any]) -> Any:
+        if field == "conv_op":
+            return next(op for op in ops if op in options)
+        if field == "skip":
+            return "identity" if "identity" in options else options[0]
+        return most(options)
     return [d.choices.index(pick(d.name.split(".", 1)[1], d.choices)) for d in space.decisions]
-
-
-def _largest_pick(field: str, options: Sequence[Any]) -> Any:
-    if field == "conv_op":
-        return next(op for op in LARGEST_OPS if op in options)
-    if field == "skip":
-        return "identity" if "identity" in options else options[0]
-    return max(options)
-
-
-def _smallest_pick(field: str, options: Sequence[Any]) -> Any:
-    if field == "conv_op":
-        return next(op for op in SMALLEST_OPS if op in options)
-    if field == "skip":
-        return "identity" if "identity" in options else options[0]
-    return min(options)
 
 
 def largest(space: SearchSpace, num_classes: int | None = None) -> ArchSpec:
     """The sandwich rule's largest sub-network: every option at its maximum (largest kernel,
     expansion, SE ratio, width, layers; identity skips); MBConv where the block allows it."""
-    return space.decode(_choices(space, _largest_pick), num_classes=num_classes)
+    return space.decode(_extreme(space, LARGEST_OPS, max), num_classes=num_classes)
 
 
 def smallest(space: SearchSpace, num_classes: int | None = None) -> ArchSpec:
     """The sandwich rule's smallest: every option at its minimum; depthwise-separable where allowed."""
-    return space.decode(_choices(space, _smallest_pick), num_classes=num_classes)
+    return space.decode(_extreme(space, SMALLEST_OPS, min), num_classes=num_classes)
 
 
 def sample(space: SearchSpace, rng: Any = None, num_classes: int | None = None) -> ArchSpec:
