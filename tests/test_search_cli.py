@@ -206,3 +206,23 @@ def test_resume_refuses_a_planted_pickle_and_changes_nothing(tmp_path, capsys):
     con = sqlite3.connect(out / "search.db")
     assert {t: con.execute(f"SELECT * FROM {t}").fetchall() for t in ("meta", "trials", "pending")} == before
     con.close()
+
+
+def test_progress_of_thousands_of_scores_is_about_a_hundred_lines_plus_every_failure():
+    import io
+
+    from nas.reports.progress import Progress
+    stream = io.StringIO()
+    progress = Progress(1000, kind="oneshot", stream=stream)
+    for i in range(1, 1001):
+        status = "failed" if i in (7, 500) else "ok"
+        progress({"kind": "oneshot", "source": "trained", "status": status, "reward": i / 1000, "id": i, "macs": 1e8})
+    lines = stream.getvalue().splitlines()
+    assert 100 <= len(lines) <= 102
+    assert sum(": failed" in line for line in lines) == 2
+    assert lines[-1].startswith("scored 1000/1000 | failed 2 | best reward 1.0000")
+    few = io.StringIO()
+    progress = Progress(40, stream=few)  # a per-trial search: still a line per trial
+    for i in range(40):
+        progress({"kind": "search", "source": "trained", "status": "ok", "reward": 0.5, "id": i, "macs": 1e8})
+    assert len(few.getvalue().splitlines()) == 40

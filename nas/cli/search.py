@@ -81,7 +81,8 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
     history = store.trials()  # read once: a resumed run's store may hold tens of thousands of rows
     searched = [r for r in history if r["kind"] == kind and r["source"] == "trained"]
     failed = sum(1 for r in searched if r["status"] not in ("ok", "stopped"))
-    progress = Progress(setup.settings.stop.trials, done=done, failed=failed, enabled=show_progress(opts))
+    progress = Progress(setup.settings.stop.trials, done=done, failed=failed, kind=kind,
+                        enabled=show_progress(opts))
     listeners: list = [progress, refresh_files(store, out, setup, history)]
     tb = None
     if not opts.get("no_tensorboard"):
