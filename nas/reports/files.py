@@ -18,7 +18,7 @@ CSV_COLUMNS = ("id", "kind", "proposal_id", "source", "status", "accuracy", "rew
                "started_at", "finished_at", "message")
 
 
-TIME_COLUMNS = ("queued_at", "started_at", "finished_at")  # Unix seconds: 6 significant digits would keep 1e4 s
+TIME_COLUMNS = ("queued_at", "started_at", "finished_at")  # Unix seconds: 6 significant digits round them to 10,000 s
 
 
 def _cell(v: Any, column: str = "") -> Any:

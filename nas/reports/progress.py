@@ -35,7 +35,7 @@ class Progress:
         if rec.get("kind") != self.kind or rec.get("source") != "trained":
             return
         self.done += 1
-        if rec.get("status") not in ("ok", "stopped"):  # stopped (ASHA) is not a failure
+        if _failed(rec):
             self.failed += 1
         value = rec.get(self.metric)
         if value is not None and rec.get("status") == "ok":
@@ -59,7 +59,7 @@ class Progress:
             self.stream.write("\r" + self.line().ljust(78))
             self.dirty = True
         else:
-            failed = rec is not None and rec.get("status") not in ("ok", "stopped")
+            failed = rec is not None and _failed(rec)
             if not failed and self.done < self.total and (self.done - self.start_done) % self.every:
                 return
             extra = ""
@@ -74,3 +74,8 @@ class Progress:
         if self.enabled and self.tty and self.dirty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def _failed(rec: dict) -> bool:
+    """A finished trial that counts as failed: stopped (by ASHA) is not a failure."""
+    return rec.get("status") not in ("ok", "stopped")
