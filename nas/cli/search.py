@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from nas.errors import UserError
+from nas.evaluate.result import FAILED_STATUSES
 
 from . import oneshot, options
 from .args import cli_main, log
@@ -80,7 +81,7 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
     done = store.count(kind)
     history = store.trials()  # read once: a resumed run's store may hold tens of thousands of rows
     searched = [r for r in history if r["kind"] == kind and r["source"] == "trained"]
-    failed = sum(1 for r in searched if r["status"] not in ("ok", "stopped"))
+    failed = sum(1 for r in searched if r["status"] in FAILED_STATUSES)
     progress = Progress(setup.settings.stop.trials, done=done, failed=failed, kind=kind,
                         enabled=show_progress(opts))
     listeners: list = [progress, refresh_files(store, out, setup, history)]
@@ -144,7 +145,7 @@ def _search(setup: Setup, store: Any, t0: float) -> int:
     counts = {"trained": store.count(kind), "cost-only": store.count(kind, ("cost-only",)),
               "cache": store.count(kind, ("cache",)),
               "failed": sum(1 for r in rows if r["kind"] == kind and r["source"] == "trained"
-                            and r["status"] not in ("ok", "stopped")),
+                            and r["status"] in FAILED_STATUSES),
               "stopped": sum(1 for r in rows if r["kind"] == kind and r["source"] == "trained"
                              and r["status"] == "stopped"),
               "prefilter": store.count(kind, ("prefilter",))}

@@ -5,6 +5,8 @@ import sys
 import time
 from typing import TextIO
 
+from nas.evaluate.result import FAILED_STATUSES
+
 
 class Progress:
     """`trials 7/24 | failed 1 | best reward 0.8123 | ETA 4m10s` on stderr.
@@ -35,7 +37,7 @@ class Progress:
         if rec.get("kind") != self.kind or rec.get("source") != "trained":
             return
         self.done += 1
-        if _failed(rec):
+        if rec.get("status") in FAILED_STATUSES:  # stopped (ASHA) is not a failure
             self.failed += 1
         value = rec.get(self.metric)
         if value is not None and rec.get("status") == "ok":
@@ -59,7 +61,7 @@ class Progress:
             self.stream.write("\r" + self.line().ljust(78))
             self.dirty = True
         else:
-            failed = rec is not None and _failed(rec)
+            failed = rec is not None and rec.get("status") in FAILED_STATUSES
             if not failed and self.done < self.total and (self.done - self.start_done) % self.every:
                 return
             extra = ""
@@ -74,8 +76,3 @@ class Progress:
         if self.enabled and self.tty and self.dirty:
             self.stream.write("\n")
             self.stream.flush()
-
-
-def _failed(rec: dict) -> bool:
-    """A finished trial that counts as failed: stopped (by ASHA) is not a failure."""
-    return rec.get("status") not in ("ok", "stopped")
