@@ -272,3 +272,26 @@ def test_the_command_runs_as_a_module(tiny_file, tmp_path):
                            "--epochs", "0"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--epochs" in proc.stderr
+
+
+def test_torchrun_ranks_train_and_exit_zero(tiny_file, tmp_path):
+    # `torchrun` starts the ranks itself; each runs `python -m nas.supernet` and leaves
+    # through distributed.exit_process (no interpreter teardown, so no gloo abort at exit)
+    out = tmp_path / "torchrun"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "nas.supernet", "train", "--space", str(tiny_file), "--dataset", "digits",
+                           "--resolution", "8", "--epochs", "1", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count("epoch 1/1") == 1  # rank 0 alone prints, and its output is flushed
+    manifest = json.loads((out / "supernet" / files.MANIFEST).read_text())
+    assert manifest["result"]["status"] == "ok" and manifest["result"]["world_size"] == 2
+
+
+def test_exit_process_keeps_the_code_and_the_output(tmp_path):
+    script = ("import sys; from nas.supernet import distributed as D; D._joined = {joined}; "
+              "print('unflushed', end=''); sys.stderr.write('err'); D.exit_process(3)")
+    for joined in (True, False):
+        proc = subprocess.run([sys.executable, "-c", script.format(joined=joined)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (3, "unflushed", "err")

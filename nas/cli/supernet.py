@@ -191,8 +191,7 @@ def run_worker(payload: dict):
                      resume=payload["resume"], log=None if quiet else (lambda m: log({}, f"{PROG}: {m}")))
     finally:
         if joined:
-            import torch.distributed as dist
-            dist.destroy_process_group()
+            D.leave()
 
 
 def _report(result: dict, folder: Path, opts: dict) -> int:

@@ -1,7 +1,6 @@
 """`python -m nas.supernet train --out RUN`: train a supernet (`nas.cli.supernet`)."""
-import sys
-
 from nas.cli.supernet import main
+from nas.supernet.distributed import exit_process
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())  # a torchrun rank skips the interpreter's teardown (see exit_process)
