@@ -128,3 +128,23 @@ def test_oneshot_bench(tmp_path):
         assert 0 < r["b0_test"] <= 1 and 0 < r["reference_test"] <= 1
         assert abs(r["delta"] - (r["b0_test"] - r["reference_test"])) < 1e-12
     assert f["paradigms"]["oneshot"]["evaluated"]["mean"] == 40 and f["wall_ratio"]["n"] == 1
+
+
+def test_size_bias_bench(tmp_path):
+    # synthetic: the score is size plus the reference's signal, so removing the size trend must help
+    f = _figures("size_bias.py", tmp_path)["synthetic"]
+    assert f["residual_reference"]["tau"] > 0.9 > f["score_reference"]["tau"]
+    assert f["macs_score"]["tau"] > 0.4 and abs(f["macs_reference"]["tau"]) < 0.3
+    # a proxy-check table whose score is a size trend plus the reference: the residual ranks it better
+    import math
+    pairs = [(2e8, 0.90), (3e8, 0.91), (2.5e8, 0.85), (3.5e8, 0.95), (2.2e8, 0.93), (3.1e8, 0.88)]
+    rows = ["index,macs,supernet,reference_acc"] + [f"{i},{m},{0.2 * math.log(m / 2e8) + r - 0.9},{r}"
+                                                    for i, (m, r) in enumerate(pairs)]
+    table = tmp_path / "proxy.csv"
+    table.write_text("\n".join(rows) + "\n")
+    f = _figures("size_bias.py", tmp_path, str(table))
+    assert set(f) == {"synthetic", str(table)} and f[str(table)]["architectures"] == 6
+    assert f[str(table)]["residual_reference"]["tau"] > f[str(table)]["score_reference"]["tau"] + 0.2
+    bad = subprocess.run([sys.executable, str(ROOT / "bench" / "size_bias.py"), str(tmp_path / "missing.csv")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
