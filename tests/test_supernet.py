@@ -295,3 +295,24 @@ def test_exit_process_keeps_the_code_and_the_output(tmp_path):
         proc = subprocess.run([sys.executable, "-c", script.format(joined=joined)], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert (proc.returncode, proc.stdout, proc.stderr) == (3, "unflushed", "err")
+
+
+def _flag_on_rank_1(_payload) -> None:
+    from nas.supernet import distributed as D
+    assert D.init_from_env(cuda=False)
+    rank = D.rank_world()[0]
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.full((3,), float(rank))
+    assert bool(D.average_gradients([p], torch.tensor(rank == 1)))  # raised on rank 1, seen by both
+    assert torch.equal(p.grad, torch.full((3,), 0.5))  # the gradients are averaged in the same all-reduce
+    assert not bool(D.average_gradients([p], torch.tensor(False)))
+    D.leave()
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank():
+    from nas.supernet import distributed as D
+    D.launch(2, _flag_on_rank_1, None)  # an assertion in a rank raises here
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.ones(2)
+    flag = torch.tensor(True)
+    assert D.average_gradients([p], flag) is flag and torch.equal(p.grad, torch.ones(2))  # one process: as is

@@ -89,23 +89,35 @@ def exit_process(code: int) -> NoReturn:
     os._exit(code)
 
 
-def average_gradients(params: list[torch.nn.Parameter]) -> None:
+def average_gradients(params: list[torch.nn.Parameter], flag: torch.Tensor | None = None) -> torch.Tensor | None:
     """Average `.grad` across ranks in one all-reduce (ranks use the same parameters: they
-    ran the same sub-networks, so the same gradients exist everywhere)."""
+    ran the same sub-networks, so the same gradients exist everywhere).
+
+    `flag` (a boolean scalar, e.g. "this rank's loss was not finite") rides in the same
+    all-reduce; the result is True on every rank when it was True on any, so that all ranks
+    stop together (a rank that stopped alone would leave the others waiting in the next
+    all-reduce until its exit broke their connection, reported as a failure of the wrong
+    kind). Returns that flag (`flag` itself with one process)."""
     rank, world = rank_world()
     if world == 1:
-        return
+        return flag
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    parts = [g.reshape(-1) for g in grads]
+    if flag is not None:
+        parts.append(flag.reshape(1).to(grads[0].dtype if grads else torch.float32))
+    if not parts:
+        return flag
+    flat = torch.cat(parts)
     dist.all_reduce(flat)
+    if flag is not None:
+        flag = flat[-1] > 0
     flat /= world
     offset = 0
     for g in grads:
         n = g.numel()
         g.copy_(flat[offset:offset + n].view_as(g))
         offset += n
+    return flag
 
 
 def agree(params: list[torch.Tensor]) -> bool:

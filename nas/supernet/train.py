@@ -254,10 +254,10 @@ def _run(space, budget: ProxyBudget, settings: Settings, data: ProxyData, num_cl
                 (sub * share).backward()
                 flagged |= ~torch.isfinite(sub.detach())
             epoch_sum += loss.detach().double()
+            flagged = average_gradients(params, flagged)  # any rank's non-finite loss flags every rank
             if (step + 1) % check_every == 0 or (step + 1) % every == 0 or step + 1 == total:
                 if bool(flagged):
                     raise _Diverged(f"loss became NaN/Inf by step {step + 1} of {total}")
-            average_gradients(params)
             optimizer.step()
             step += 1
             state["step"] = step
