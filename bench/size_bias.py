@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._cli import OneLineParser  # noqa: E402
-from nas.proxy.stats import bootstrap, interval, kendall  # noqa: E402
+from nas.proxy.stats import bootstrap, interval, kendall, resamples  # noqa: E402
 
 
 def residual(log_macs: np.ndarray, score: np.ndarray) -> np.ndarray:
@@ -43,21 +43,23 @@ def residual(log_macs: np.ndarray, score: np.ndarray) -> np.ndarray:
 def figures(macs: np.ndarray, score: np.ndarray, reference: np.ndarray, n_boot: int = 2000) -> dict:
     """The four Kendall taus with their intervals (one shared set of resamples)."""
     log_macs = np.log(macs)
+    index = resamples(len(score), n_boot)
     pairs = {"macs_score": (log_macs, score), "score_reference": (score, reference),
              "residual_reference": (residual(log_macs, score), reference), "macs_reference": (log_macs, reference)}
     out: dict = {"architectures": len(score)}
     for name, (x, y) in pairs.items():
-        out[name] = {"tau": kendall(x, y), "ci": interval(bootstrap(x, y, n_boot=n_boot))}
+        out[name] = {"tau": kendall(x, y), "ci": interval(bootstrap(x, y, index=index))}
     return out
 
 
 def read_table(path: Path, score: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(MACs, score, reference) of the architectures that have both; ValueError names what is missing."""
     rows = list(csv.DictReader(path.open()))
-    if not rows or score not in rows[0] or "reference_acc" not in rows[0]:
-        raise SystemExit(f"size_bias: {path}: not a proxy-check table with columns macs, {score}, reference_acc")
+    if not rows or any(c not in rows[0] for c in ("macs", score, "reference_acc")):
+        raise ValueError(f"{path}: not a proxy-check table with columns macs, {score}, reference_acc")
     kept = [r for r in rows if r[score] not in ("", "nan") and r["reference_acc"] not in ("", "nan")]
     if len(kept) < 4:
-        raise SystemExit(f"size_bias: {path}: {len(kept)} architectures with both {score} and reference_acc; need 4")
+        raise ValueError(f"{path}: {len(kept)} architectures with both {score} and reference_acc; need 4")
     col = lambda name: np.array([float(r[name]) for r in kept])  # noqa: E731
     return col("macs"), col(score), col("reference_acc")
 
@@ -81,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.tables:
         if not path.is_file():
             ap.error(f"{path}: no such file")
-        tables[str(path)] = read_table(path, args.score)
+        try:
+            tables[str(path)] = read_table(path, args.score)
+        except ValueError as exc:
+            ap.error(str(exc))
     result = {name: figures(*t) for name, t in tables.items()}
     print(f"{'table':<40} {'n':>3}  {'tau(MACs,score)':>22}  {'tau(score,ref)':>22}  "
           f"{'tau(residual,ref)':>22}  {'tau(MACs,ref)':>22}")

@@ -5,6 +5,7 @@ that they exist, are positive, and that the self-checks the benchmarks make hold
 bench/controllers.py has its own tests in test_controllers.py.
 """
 import json
+import math
 import os
 import subprocess
 import sys
@@ -136,7 +137,6 @@ def test_size_bias_bench(tmp_path):
     assert f["residual_reference"]["tau"] > 0.9 > f["score_reference"]["tau"]
     assert f["macs_score"]["tau"] > 0.4 and abs(f["macs_reference"]["tau"]) < 0.3
     # a proxy-check table whose score is a size trend plus the reference: the residual ranks it better
-    import math
     pairs = [(2e8, 0.90), (3e8, 0.91), (2.5e8, 0.85), (3.5e8, 0.95), (2.2e8, 0.93), (3.1e8, 0.88)]
     rows = ["index,macs,supernet,reference_acc"] + [f"{i},{m},{0.2 * math.log(m / 2e8) + r - 0.9},{r}"
                                                     for i, (m, r) in enumerate(pairs)]
@@ -148,3 +148,7 @@ def test_size_bias_bench(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "bench" / "size_bias.py"), str(tmp_path / "missing.csv")],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    (tmp_path / "other.csv").write_text("index,macs\n0,1\n")
+    bad = subprocess.run([sys.executable, str(ROOT / "bench" / "size_bias.py"), str(tmp_path / "other.csv")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not a proxy-check table" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
